@@ -1,0 +1,254 @@
+"""Distillation losses as pure functions of tensors.
+
+Each function reproduces the formula that the study "An Empirical Study of Knowledge Distillation for Code
+Understanding Tasks" (Wang et al., arXiv 2508.15423; code: BackOnTruck/kd-empirical) uses, and cites the
+paper that introduced the method. Where the study departs from the original paper (no T², no label term,
+padding included), the study's version is the one implemented and the docstring says so; optional masks are
+this package's fix and are off by default, so the defaults reproduce the study.
+
+Conventions: logits are (B, C); ``labels`` are class indices (B,); masks are (B, N) with 1 for a real token
+and 0 for padding. Every loss returns a scalar tensor. Pass ``teacher.detach()`` (or compute the teacher
+under ``torch.no_grad()``) so that no gradient reaches the teacher.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Vanilla KD as the study codes it: CE(z_s / T, softmax(z_t / T)), averaged over the batch.
+
+    Hinton et al., "Distilling the Knowledge in a Neural Network" (NIPS 2014 DL workshop). The study's
+    ``kd-ft`` script uses ``CrossEntropyLoss`` with probability targets, i.e.
+    -Σ_k p_t,k log softmax(z_s / T)_k, with **no** T² factor (see :func:`kd_loss` for the T² form).
+    """
+    return F.cross_entropy(student_logits / temperature, F.softmax(teacher_logits / temperature, dim=-1))
+
+
+def hard_cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Plain cross-entropy with the gold labels, averaged over the batch: the fine-tuning (FT) baseline."""
+    return F.cross_entropy(student_logits, labels)
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None,
+    temperature: float,
+    alpha: float = 1.0,
+    t_squared: bool = False,
+) -> Tensor:
+    """α·(T² if ``t_squared`` else 1)·soft CE + (1 − α)·CE(z_s, y) (Hinton et al., 2014).
+
+    Hinton et al. scale the soft term by T² so that its gradients keep their size as T changes; the
+    study's vanilla KD has neither the T² nor the label term (α = 1, ``t_squared=False``), while its PKD
+    and CKD use α·T²·soft CE (``t_squared=True``). With α = 1 the label term is skipped, so ``labels``
+    may be None.
+    """
+    soft = soft_cross_entropy(student_logits, teacher_logits, temperature)
+    if t_squared:
+        soft = soft * temperature**2
+    if alpha == 1:
+        return soft
+    return alpha * soft + (1 - alpha) * hard_cross_entropy(student_logits, labels)
+
+
+def _pearson(x: Tensor, y: Tensor) -> Tensor:
+    """Mean over rows of the row-wise Pearson correlation, as ``nn.CosineSimilarity`` (eps 1e-8) of the
+    row-centred matrices: the study's ``p_corr``."""
+    return F.cosine_similarity(
+        x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True), dim=1, eps=1e-8
+    ).mean()
+
+
+def dist(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, beta: float, gamma: float
+) -> Tensor:
+    """DIST as the study codes it.
+
+    Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022.
+
+    With p = softmax(z / T) of shape (B, C) and ρ the mean row-wise Pearson correlation,
+    L = β·(1 − ρ(p_s, p_t)) + γ·(1 − ρ(p_sᵀ, p_tᵀ)): the inter-class term correlates each sample's class
+    distribution, the intra-class term each class's column across the batch. Unlike the paper there is no
+    T² factor and no label term.
+
+    On binary tasks (C = 2) each centred row is [d, −d], so the inter-class correlation is exactly ±1 (or 0
+    when d = 0): a constant that gives no gradient. Only the intra-class term trains the student there.
+    """
+    p_s = F.softmax(student_logits / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits / temperature, dim=-1)
+    return beta * (1 - _pearson(p_s, p_t)) + gamma * (1 - _pearson(p_s.T, p_t.T))
+
+
+def pkd_features(student_features: Tensor, teacher_features: Tensor) -> Tensor:
+    """PKD feature loss (Sun et al., "Patient Knowledge Distillation for BERT Model Compression", EMNLP 2019).
+
+    Inputs are (B, L, H) [CLS] vectors of the matched layers, the teacher's already projected to the
+    student's width. Both are L2-normalised over H, then compared by MSE averaged over B·L·H, as the study
+    does (``nn.MSELoss`` of ``F.normalize(·, dim=2)``).
+    """
+    return F.mse_loss(F.normalize(student_features, dim=-1), F.normalize(teacher_features, dim=-1))
+
+
+def _neighbours(n: int, window: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Indices (N, K) of each anchor's neighbours and whether each is inside [0, N).
+
+    As in the study: when ``window < n`` each anchor has K = 2W+1 neighbours n−W..n+W (self included;
+    out-of-range ones are clamped here and flagged False); otherwise every position is a neighbour (K = N).
+    """
+    if window < n:
+        index = torch.arange(n, device=device)[:, None] + torch.arange(-window, window + 1, device=device)
+        return index.clamp(0, n - 1), (index >= 0) & (index < n)
+    return torch.arange(n, device=device).expand(n, n), torch.ones(n, n, dtype=torch.bool, device=device)
+
+
+def _relations(a: Tensor, index: Tensor, in_range: Tensor) -> tuple[Tensor, Tensor]:
+    """Cosine distances (…, N, K) and angles (…, N, K, K) over the second-last axis of a (…, N, H).
+
+    This is the study's ``cos_dist`` and ``cos_angle``: d(n, m) = 1 − ⟨â_n, â_m⟩ and
+    a(n; m1, m2) = ⟨normalize(a_n − a_m1), normalize(a_n − a_m2)⟩ (``F.normalize`` keeps a zero vector
+    zero), for the neighbours ``index`` (N, K) of :func:`_neighbours`. An out-of-range neighbour has its
+    product or difference vector zeroed, so it gives distance 1 and angle 0.
+    """
+    keep = in_range[..., None].to(a.dtype)
+    unit = F.normalize(a, dim=-1)
+    distances = 1 - (unit[..., :, None, :] * unit[..., index, :] * keep).sum(-1)
+    diffs = F.normalize((a[..., :, None, :] - a[..., index, :]) * keep, dim=-1)
+    angles = torch.einsum("...nwh,...nzh->...nwz", diffs, diffs)
+    return distances, angles
+
+
+def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """Mean of ``values`` over the entries where the broadcast boolean ``weights`` is True."""
+    weights = weights.expand_as(values).to(values.dtype)
+    return (values * weights).sum() / weights.sum()
+
+
+def _relation_loss(student: Tensor, teacher: Tensor, window: int, valid: Tensor | None) -> Tensor:
+    """dist_loss + angle_loss between student and teacher relations over the second-last axis.
+
+    ``valid`` (…, N) flags the usable positions along that axis (None: all, the study's plain mean). With
+    it, a distance term is kept only when its in-range neighbour and its anchor are both valid, and an
+    angle term only when both of its distance terms are kept; the losses are means over kept terms.
+    """
+    index, in_range = _neighbours(student.shape[-2], window, student.device)
+    d_s, a_s = _relations(student, index, in_range)
+    d_t, a_t = _relations(teacher, index, in_range)
+    if valid is None:
+        return F.mse_loss(d_s, d_t) + F.mse_loss(a_s, a_t)
+    pair = in_range & valid[..., :, None] & valid[..., index]
+    return _masked_mean((d_s - d_t) ** 2, pair) + _masked_mean(
+        (a_s - a_t) ** 2, pair[..., :, None] & pair[..., None, :]
+    )
+
+
+def ckd_relations(
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    window: int,
+    gamma: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """CKD relation loss WR + γ·LTR, as the study's ``ckd/loss.py`` computes it.
+
+    Contextual Knowledge Distillation: Park, Kim and Yang, "Distilling Linguistic Context for Language Model
+    Compression", EMNLP 2021 (arXiv 2109.08359). Inputs are (B, L, N, H) hidden states of matched layers;
+    the widths may differ (Hs ≠ Ht) because every relation is a cosine, so no projection is needed.
+
+    - WR (word relation): over the token axis N of each layer, cosine distances d(n, m) to the neighbours
+      m = n−W..n+W (self included) and angles a(n; m1, m2) with the vertex at the anchor, i.e. a
+      (2W+1)×(2W+1) block per anchor; both compared by MSE (mean). Out-of-range neighbours are zeroed,
+      giving distance 1 and angle 0 on both sides. When N ≤ W all pairs are used (N×N and N×N×N).
+    - LTR (layer-transforming relation): the same two losses on the transposed (B, N, L, H) tensors, i.e.
+      over the layer axis for each token (all pairs when L ≤ W).
+
+    Memory: the angles need (B·L·N·(2W+1)·H) difference vectors, as in the study.
+
+    ``mask=None`` reproduces the study exactly: padding tokens and the zeroed out-of-range window slots
+    all enter both losses. With a (B, N) ``mask`` (1 real, 0 pad) every term that involves a pad token, as
+    anchor or as neighbour, is dropped, and so are out-of-range window slots (they are padding too); each
+    of the four losses is then the mean over the remaining terms of the whole batch. In LTR a pad token's
+    whole layer-relation block is dropped, while its out-of-range layer slots are dropped as in WR.
+    Hence an all-ones mask equals ``mask=None`` only when no window slot falls out of range (N ≤ W and
+    L ≤ W); otherwise it differs by the excluded out-of-range slots.
+    """
+    student_ltr, teacher_ltr = student_hidden.transpose(1, 2), teacher_hidden.transpose(1, 2)
+    if mask is None:
+        word, layer = None, None
+    else:
+        valid = mask.bool()
+        word = valid[:, None, :]
+        layer = valid[:, :, None].expand(-1, -1, student_hidden.shape[1])
+    wr = _relation_loss(student_hidden, teacher_hidden, window, word)
+    ltr = _relation_loss(student_ltr, teacher_ltr, window, layer)
+    return wr + gamma * ltr
+
+
+def dkd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> Tensor:
+    """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022): α·TCKD + β·NCKD.
+
+    With p = softmax(z / T): TCKD = KL([p_y, 1 − p_y]_t ‖ [p_y, 1 − p_y]_s), the binary target-vs-rest
+    distribution; NCKD = KL(p̂_t ‖ p̂_s) where p̂ is p over the non-target classes renormalised to sum to 1.
+    Each is scaled by T² and averaged over the batch, as in the authors' reference code (mdistiller).
+    With C = 2, NCKD is 0 (one non-target class).
+    """
+    target = F.one_hot(labels, student_logits.shape[-1]).bool()
+
+    def binary_and_rest(logits: Tensor) -> tuple[Tensor, Tensor]:
+        scaled = logits / temperature
+        rest = scaled[~target].view(scaled.shape[0], -1)
+        log_all = torch.logsumexp(scaled, dim=-1)
+        log_binary = torch.stack([scaled[target] - log_all, torch.logsumexp(rest, dim=-1) - log_all], dim=-1)
+        return log_binary, F.log_softmax(rest, dim=-1)
+
+    binary_s, rest_s = binary_and_rest(student_logits)
+    binary_t, rest_t = binary_and_rest(teacher_logits)
+    tckd = F.kl_div(binary_s, binary_t, reduction="batchmean", log_target=True)
+    nckd = F.kl_div(rest_s, rest_t, reduction="batchmean", log_target=True)
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def attention_relation(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MiniLM attention transfer: KL(teacher ‖ student) of attention distributions.
+
+    Wang et al., "MiniLM: Deep Self-Attention Distillation" (NeurIPS 2020) and "MiniLMv2: Multi-Head
+    Self-Attention Relation Distillation" (Findings of ACL 2021). Inputs are (B, heads, N, N) row
+    distributions (each query row sums to 1; self-attention relations work the same way). The KL of each
+    query row is averaged over heads, then over query rows and batch. If the head counts differ, each
+    side's heads are averaged first (the mean of row distributions is still a distribution) and the KL
+    is taken between those means. With a (B, N) ``mask`` only real query rows are averaged; pad key
+    columns are expected to carry no probability already (the model's attention mask does that), and a
+    zero teacher probability adds nothing.
+    """
+    if student_attn.shape[1] != teacher_attn.shape[1]:
+        student_attn = student_attn.mean(1, keepdim=True)
+        teacher_attn = teacher_attn.mean(1, keepdim=True)
+    log_student = student_attn.clamp_min(torch.finfo(student_attn.dtype).tiny).log()
+    rows = (torch.xlogy(teacher_attn, teacher_attn) - teacher_attn * log_student).sum(-1).mean(1)  # (B, N)
+    if mask is None:
+        return rows.mean()
+    return _masked_mean(rows, mask.bool())
+
+
+def hidden_mse(
+    student_hidden: Tensor, teacher_hidden_projected: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """TinyBERT hidden-state loss (Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+    Understanding", Findings of EMNLP 2020): MSE between (B, L, N, H) hidden states of matched layers.
+
+    The caller projects one side to the other's width first. With a (B, N) ``mask`` the mean runs over
+    real tokens only (all layers and features of each), so padding does not enter the loss.
+    """
+    squared = (student_hidden - teacher_hidden_projected) ** 2
+    if mask is None:
+        return squared.mean()
+    return _masked_mean(squared, mask.bool()[:, None, :, None])
