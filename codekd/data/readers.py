@@ -1,0 +1,261 @@
+"""Read a task's train/valid/test splits from a data directory, whatever public layout it is in.
+
+The format is detected from the directory contents, in this order (the first that matches wins):
+
+1. JSONL records: a split file for any split, named `{name}.jsonl`, `{name}.jsontxt` or
+   `{name}.jsontxt-*` shards (read in sorted order, as one file). One JSON object per line;
+   blank lines are skipped. Fields, per record:
+   - pair tasks (clone): `func1`, `func2`, `target`;
+   - otherwise CuBERT's `function`, `label` (`info` is ignored) when `function` is present,
+     else the study's / CodeXGLUE Devign's `func`, `target` (other fields are ignored).
+   A label is an int class index or a class name of the task.
+2. CodeXGLUE Devign: `function.json` (one JSON array of `{"func", "target", ...}` objects) and
+   `{split}.txt` index files, one integer index into the array per line.
+3. CodeXGLUE BigCloneBench: `data.jsonl` (`{"func", "idx"}` per line) and `{split}.txt` pair files,
+   `idx1<TAB>idx2<TAB>label` per line with label 0 or 1.
+
+Split file names: "train" is `train`, "test" is `test`, "valid" is the first of `valid`, `dev`
+(CuBERT's name) or `eval` that exists — in every format, with the extensions above.
+
+Everything is validated while reading: any problem is a `DataError` whose message starts with the
+offending file and 1-based line, so a bad dataset fails loudly before training starts, not silently
+halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from codekd.data.tasks import Task, get_task
+
+SPLITS = ("train", "valid", "test")
+WHITESPACE = ("collapse", "keep")
+_NAMES = {"train": ("train",), "valid": ("valid", "dev", "eval"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input: a function (or a pair of functions for clone detection) and its class index."""
+
+    code: str
+    label: int
+    code2: str | None = None
+    source: str = ""
+
+
+class DataError(ValueError):
+    """A dataset problem, reported as "<path>:<line>: <what is wrong>" (no line for whole-file problems)."""
+
+    def __init__(self, path: str | Path, what: str, line: int | None = None) -> None:
+        self.path, self.line, self.what = Path(path), line, what
+        super().__init__(f"{path}:{line}: {what}" if line is not None else f"{path}: {what}")
+
+
+class _Invalid(Exception):
+    """A bad record; the caller knows where it is and re-raises it as a DataError."""
+
+
+def normalize_code(code: str, whitespace: str) -> str:
+    """Apply the whitespace policy: "collapse" joins all tokens with single spaces, as the study does
+    (it fits more code into the model's window); "keep" returns the code unchanged."""
+    _check(whitespace, WHITESPACE, "whitespace mode")
+    return " ".join(code.split()) if whitespace == "collapse" else code
+
+
+def load_split(
+    task: Task | str, data_dir: str | Path, split: str, whitespace: str = "collapse"
+) -> list[Example]:
+    """Read and validate one split ("train", "valid" or "test") of `task` from `data_dir`."""
+    task = get_task(task) if isinstance(task, str) else task
+    _check(split, SPLITS, "split")
+    _check(whitespace, WHITESPACE, "whitespace mode")
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(d, "data directory does not exist")
+    if any(_jsonl_files(d, s) for s in SPLITS):
+        return _read_jsonl_split(task, d, split, whitespace)
+    if (d / "function.json").is_file():
+        return _read_devign(task, d, split, whitespace)
+    if (d / "data.jsonl").is_file():
+        return _read_bigclonebench(task, d, split, whitespace)
+    raise DataError(
+        d,
+        "no known data format; looked for {train,valid|dev|eval,test}.jsonl / .jsontxt / .jsontxt-* "
+        "(JSONL records), function.json + {split}.txt (CodeXGLUE Devign), "
+        "data.jsonl + {split}.txt (CodeXGLUE BigCloneBench)",
+    )
+
+
+def load_splits(
+    task: Task | str, data_dir: str | Path, splits: Iterable[str] = SPLITS, whitespace: str = "collapse"
+) -> dict[str, list[Example]]:
+    """Read and validate all requested splits before returning, so a command fails before writing anything."""
+    return {split: load_split(task, data_dir, split, whitespace) for split in splits}
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(allowed)}")
+
+
+def _jsonl_files(d: Path, split: str) -> list[Path]:
+    """The JSONL file(s) holding `split`, or [] when there are none."""
+    for name in _NAMES[split]:
+        for path in (d / f"{name}.jsonl", d / f"{name}.jsontxt"):
+            if path.is_file():
+                return [path]
+        shards = sorted(d.glob(f"{name}.jsontxt-*"))
+        if shards:
+            return shards
+    return []
+
+
+def _txt_file(d: Path, split: str, what: str) -> Path:
+    for name in _NAMES[split]:
+        if (d / f"{name}.txt").is_file():
+            return d / f"{name}.txt"
+    looked = ", ".join(f"{name}.txt" for name in _NAMES[split])
+    raise DataError(d, f"missing {split} split file ({what}); looked for {looked}")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Non-blank lines of a text file with their 1-based numbers, line ending removed."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line.rstrip("\r\n")
+
+
+def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    """Parsed JSONL lines of `path` (blank lines skipped) with their 1-based numbers."""
+    for n, line in _lines(path):
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", n) from None
+
+
+def _code(rec: dict[str, Any], key: str, whitespace: str) -> str:
+    value = rec[key]
+    if not isinstance(value, str):
+        raise _Invalid(f"field {key!r} must be a string, got {type(value).__name__}")
+    code = normalize_code(value, whitespace)
+    if not code.strip():
+        raise _Invalid(f"field {key!r} is empty")
+    return code
+
+
+def _label(task: Task, value: Any) -> int:
+    if isinstance(value, str) and value in task.labels:
+        return task.labels.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(task.labels):
+        return value
+    raise _Invalid(
+        f"label {value!r} is neither a class index 0..{len(task.labels) - 1} nor a class name of task "
+        f"{task.name!r} ({', '.join(task.labels)})"
+    )
+
+
+def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
+    """Turn one JSON record into an Example; raises _Invalid naming what is wrong."""
+    if not isinstance(rec, dict):
+        raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+    if task.pair:
+        keys, label_key = ("func1", "func2"), "target"
+    elif "function" in rec:
+        keys, label_key = ("function",), "label"
+    else:
+        keys, label_key = ("func",), "target"
+    for key in (*keys, label_key):
+        if key not in rec:
+            raise _Invalid(f"missing field {key!r}")
+    codes = [_code(rec, key, whitespace) for key in keys]
+    return Example(codes[0], _label(task, rec[label_key]), codes[1] if task.pair else None, source)
+
+
+def _read_jsonl_split(task: Task, d: Path, split: str, whitespace: str) -> list[Example]:
+    paths = _jsonl_files(d, split)
+    if not paths:
+        looked = ", ".join(f"{name}.jsonl, {name}.jsontxt, {name}.jsontxt-*" for name in _NAMES[split])
+        raise DataError(d, f"missing {split} split file; looked for {looked}")
+    examples = []
+    for path in paths:
+        for n, rec in _json_objects(path):
+            try:
+                examples.append(_record(task, rec, whitespace, f"{path}:{n}"))
+            except _Invalid as e:
+                raise DataError(path, str(e), n) from None
+    if not examples:
+        raise DataError(paths[0], f"{split} split has no records")
+    return examples
+
+
+def _read_devign(task: Task, d: Path, split: str, whitespace: str) -> list[Example]:
+    path = d / "function.json"
+    if task.pair:
+        raise DataError(
+            path, f"CodeXGLUE Devign data holds single functions, but task {task.name!r} needs pairs"
+        )
+    index_path = _txt_file(d, split, "Devign index file")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", e.lineno) from None
+    if not isinstance(records, list):
+        raise DataError(path, f"expected a JSON array of records, got {type(records).__name__}")
+    examples = []
+    for n, text in _lines(index_path):
+        try:
+            i = int(text)
+        except ValueError:
+            raise DataError(index_path, f"index {text!r} is not an integer", n) from None
+        if not 0 <= i < len(records):
+            raise DataError(
+                index_path, f"index {i} is out of range (function.json has {len(records)} records)", n
+            )
+        try:
+            examples.append(_record(task, records[i], whitespace, f"{index_path}:{n}"))
+        except _Invalid as e:
+            raise DataError(index_path, f"function.json record {i}: {e}", n) from None
+    if not examples:
+        raise DataError(index_path, f"{split} split has no records")
+    return examples
+
+
+def _read_bigclonebench(task: Task, d: Path, split: str, whitespace: str) -> list[Example]:
+    path = d / "data.jsonl"
+    if not task.pair:
+        raise DataError(
+            path, f"CodeXGLUE BigCloneBench data holds function pairs, but task {task.name!r} does not"
+        )
+    pairs_path = _txt_file(d, split, "BigCloneBench pair file")
+    functions = {}
+    for n, rec in _json_objects(path):
+        try:
+            if not isinstance(rec, dict):
+                raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+            for key in ("func", "idx"):
+                if key not in rec:
+                    raise _Invalid(f"missing field {key!r}")
+            functions[str(rec["idx"])] = _code(rec, "func", whitespace)
+        except _Invalid as e:
+            raise DataError(path, str(e), n) from None
+    examples = []
+    for n, line in _lines(pairs_path):
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[2] not in ("0", "1"):
+            raise DataError(
+                pairs_path, f"expected 'idx1<TAB>idx2<TAB>label' with label 0 or 1, got {line!r}", n
+            )
+        for idx in fields[:2]:
+            if idx not in functions:
+                raise DataError(pairs_path, f"function id {idx!r} is not in data.jsonl", n)
+        label = int(fields[2])
+        examples.append(Example(functions[fields[0]], label, functions[fields[1]], f"{pairs_path}:{n}"))
+    if not examples:
+        raise DataError(pairs_path, f"{split} split has no records")
+    return examples
