@@ -1,0 +1,193 @@
+"""`codekd` command line: parses options and calls the Python API in `codekd.pipeline`.
+
+Method hyperparameters are given as extra options (`--beta 10`) or in `--config FILE.yaml`, whose keys
+are option names (`epochs: 3`) plus a `hparams:` mapping; options on the command line win.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from codekd.data import DataError
+from codekd.io import OutputExistsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation for code models.")
+console = Console()
+err = Console(stderr=True)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _extra_options(args: list[str]) -> dict[str, str]:
+    """`--key value` / `--key=value` pairs left over by the parser: method hyperparameters."""
+    opts: dict[str, str] = {}
+    it = iter(args)
+    for arg in it:
+        if not arg.startswith("--"):
+            _fail(f"unexpected argument {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                _fail(f"option --{key} needs a value")
+        opts[key.replace("-", "_")] = value
+    return opts
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        _fail(f"--config {path}: {e}")
+    if not isinstance(cfg, dict):
+        _fail(f"--config {path}: expected a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def _train_config(cfg: dict[str, Any], defaults: dict[str, Any]):
+    from codekd.train import TrainConfig
+
+    keys = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{**defaults, **{k: v for k, v in cfg.items() if k in keys and v is not None}})
+
+
+def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    table = Table(title=title)
+    keys = [k for k in rows[0][1] if k != "n"]
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in rows:
+        table.add_row(name, *(f"{m[k]:.4f}" for k in keys))
+    return table
+
+
+@app.command()
+def vocab(task: str = typer.Option(..., help="defect | clone | exception"),
+          data: Path = typer.Option(..., help="data directory (any supported layout)"),
+          size: int = typer.Option(..., help="vocabulary size, e.g. 1000 2000 5000 20000 50000"),
+          out: Path = typer.Option(..., help="output tokenizer directory"),
+          whitespace: str = typer.Option("collapse", help="collapse (the study) | keep")) -> None:
+    """Train a byte-level BPE student vocabulary on the task's training code."""
+    from codekd.pipeline import make_vocab
+
+    path = make_vocab(task, data, size, out, whitespace=whitespace)
+    console.print(f"vocabulary written to {path}")
+
+
+@app.command()
+def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
+            model: str = typer.Option(..., help="hub id or local directory of any HF encoder"),
+            out: Path = typer.Option(...), epochs: int = typer.Option(5), lr: float = typer.Option(2e-5),
+            batch_size: int = typer.Option(32), max_length: int = typer.Option(512), seed: int = typer.Option(42),
+            whitespace: str = typer.Option("collapse"), precision: str = typer.Option("fp32"),
+            unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
+            resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/")) -> None:
+    """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
+    from codekd.pipeline import train_teacher
+
+    cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                         "precision": precision}, {})
+    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume)
+    out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
+    console.print(out_table)
+
+
+@app.command(context_settings=EXTRA)
+def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typer.Option(None),
+            teacher: Path = typer.Option(None, help="fine-tuned teacher directory (codekd teacher)"),
+            student: str = typer.Option(None, help="preset name (codekd presets)"),
+            vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
+            method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
+            epochs: int = typer.Option(None), lr: float = typer.Option(None), batch_size: int = typer.Option(None),
+            max_length: int = typer.Option(None), temperature: float = typer.Option(None),
+            seed: int = typer.Option(None), whitespace: str = typer.Option(None),
+            precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
+            resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
+    """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
+    from codekd.pipeline import distill as run_distill
+
+    cfg = _load_config(config)
+    given = {k: v for k, v in ctx.params.items() if v is not None and k not in ("config", "resume")}
+    merged = {**cfg, **given}
+    hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
+    if merged.get("temperature") is not None:
+        hparams["temperature"] = merged["temperature"]
+    for key in ("task", "data", "student", "vocab", "method", "out"):
+        if merged.get(key) is None:
+            _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
+    train_cfg = _train_config(merged, {})
+    m = run_distill(merged["task"], merged["data"], merged["student"], merged["vocab"], merged["method"],
+                    merged["out"], train_cfg, teacher=merged.get("teacher"),
+                    max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
+                    hparams=hparams, resume=resume)
+    rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
+    if m["teacher"]:
+        rows.append(("teacher", m["teacher"]))
+    console.print(_metrics_table(f"{merged['task']}/test", rows))
+    if m["retention"] is not None:
+        console.print(f"retention ({m['headline']}): {100 * m['retention']:.1f}%")
+
+
+@app.command("evaluate")
+def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), model: Path = typer.Option(...),
+                 split: str = typer.Option("test"),
+                 out: Path = typer.Option(None, help="JSON output (default MODEL/eval-SPLIT.json)")) -> None:
+    """Evaluate a teacher or student directory on a split; print and write the metrics."""
+    from codekd.pipeline import evaluate_model
+
+    m = evaluate_model(task, data, model, split, out)
+    console.print(_metrics_table(f"{task}/{split}", [(str(model), m["metrics"])]))
+
+
+@app.command()
+def methods() -> None:
+    """List the distillation methods, what they need from the teacher, and their defaults."""
+    from codekd.methods import all_methods
+
+    table = Table(title="methods")
+    for col in ("name", "teacher needs", "defaults", "what"):
+        table.add_column(col)
+    for name, cls in all_methods().items():
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-"
+        table.add_row(name, ", ".join(cls.teacher_needs) or "no teacher", defaults, cls.summary)
+    console.print(table)
+
+
+@app.command()
+def presets() -> None:
+    """Print the student presets with their exact parameter counts."""
+    from codekd.models import preset_table
+
+    console.print(preset_table(), markup=False)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo-out"), help="directory for the demo's runs and results"),
+         fast: bool = typer.Option(False, help="a much smaller run, for smoke tests")) -> None:
+    """Run the offline demo: vocabulary, teacher, FT and KD students on the shipped exception slice."""
+    from codekd.demo import run_demo
+
+    run_demo(out, fast=fast)
+
+
+def main() -> None:
+    """Entry point: user errors (bad data, options, existing outputs) give one line and exit code 2."""
+    try:
+        app()
+    except (DataError, ValueError, OutputExistsError, FileExistsError, FileNotFoundError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,82 @@
+"""Distillation methods, one file each, registered by name (torchdistill/mdistiller style).
+
+A method is an `nn.Module` (so it may own trainable pieces such as PKD's projections, which are
+optimised with the student and discarded afterwards). It declares what it needs from the teacher
+and the student, and its hyperparameters with defaults; `forward` receives the uniform `Outputs`
+view of both models plus the labels and returns a dict of named losses whose key "loss" is the
+total to minimise. Adding a method is adding a file to this folder: every module here is imported
+on first use of the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, ClassVar
+
+import yaml
+from torch import Tensor, nn
+
+from codekd.models.adapters import ModelShape, Outputs
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+class Method(nn.Module):
+    """Base class: subclass, set the class attributes, implement `forward`, decorate with `register`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    teacher_needs: ClassVar[tuple[str, ...]] = ("logits",)  # empty: no teacher
+    student_needs: ClassVar[tuple[str, ...]] = ("logits",)
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
+        super().__init__()
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"method {self.name!r}: unknown option(s) {sorted(unknown)}; known: {known}")
+        if self.teacher_needs and teacher is None:
+            raise ValueError(f"method {self.name!r} needs a teacher (--teacher)")
+        self.hp = {**self.defaults, **{k: _coerce(self.name, k, self.defaults[k], v) for k, v in hparams.items()}}
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
+    """Option values arrive as YAML scalars or strings ("0.5", "true"); give them the default's type."""
+    if isinstance(value, str) and not isinstance(default, str):
+        value = yaml.safe_load(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default) and not (default is None):
+        raise ValueError(f"method {method!r}: option {key}={value!r} must be a {type(default).__name__}")
+    return value
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under `cls.name`."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as `name`."""
+    _discover()
+    if name not in REGISTRY:
+        raise ValueError(f"--method {name!r}: unknown; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def all_methods() -> dict[str, type[Method]]:
+    _discover()
+    return dict(sorted(REGISTRY.items()))

@@ -1,0 +1,53 @@
+"""CKD: Contextual Knowledge Distillation (Park, Kim and Yang, "Distilling Linguistic Context for Language
+Model Compression", EMNLP 2021), as the study codes it (Wang et al., arXiv 2508.15423, STUDY.md §4.4).
+
+L = α·T²·CE(z_s/T, softmax(z_t/T)) + (1 − α)·CE(z_s, y) + β·[WR + γ·LTR], with the word-relation (WR)
+and layer-transforming-relation (LTR) losses of :func:`codekd.losses.ckd_relations` (cosine distances and
+angles in a window of W tokens/layers; no projection needed). Layers: a transformer student compares its
+embedding output and layers 1..L_s with the teacher's embedding output and layers map(1..L_s); a BiGRU
+student compares its L_s GRU layer outputs with teacher layers map(1..L_s) (no embeddings), as the study.
+
+Tokens are matched by position (the study's ``--align position``): when the tokenizers give different
+lengths both sides are cut to the shorter one, and a position is real only if it is real on both sides.
+``study_padding=False`` (default) drops every relation that touches a pad; ``True`` keeps pads and
+out-of-range window slots in the means, reproducing the study. Defaults are the study's (α = 1).
+"""
+
+from typing import Any
+
+from torch import Tensor
+
+from codekd import losses
+from codekd.methods import Method, register
+from codekd.methods.layermap import common_positions, matched_indices, stack_layers
+from codekd.models.adapters import ModelShape, Outputs
+
+
+@register
+class ContextualKD(Method):
+    name = "ckd"
+    summary = "CKD: soft CE·T² + word- and layer-relation (distance, angle) losses on hidden states"
+    teacher_needs = ("logits", "hidden_states")
+    student_needs = ("logits", "hidden_states")
+    defaults = {"alpha": 1.0, "beta": 10.0, "gamma": 10.0, "temperature": 3.0, "window": 10,
+                "study_padding": False, "layers": ""}
+
+    def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
+        super().__init__(student, teacher, **hparams)
+        self.student_idx, self.teacher_idx = matched_indices(
+            student, teacher, self.hp["layers"], embeddings=True
+        )
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
+        logit = losses.kd_loss(student.logits, teacher.logits, labels, self.hp["temperature"],
+                               self.hp["alpha"], t_squared=True)
+        n, mask = common_positions(student, teacher)
+        relations = losses.ckd_relations(
+            stack_layers(student.hidden_states, self.student_idx, n),
+            stack_layers(teacher.hidden_states, self.teacher_idx, n),
+            self.hp["window"],
+            self.hp["gamma"],
+            None if self.hp["study_padding"] else mask,
+        )
+        loss = logit + self.hp["beta"] * relations
+        return {"loss": loss, "logit": logit.detach(), "relations": relations.detach()}

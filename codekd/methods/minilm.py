@@ -1,0 +1,63 @@
+"""MiniLM self-attention distribution transfer (Wang et al., "MiniLM: Deep Self-Attention Distillation for
+Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020).
+
+L = KL(A_t ‖ A_s) of the student's last-layer attention distributions against one teacher layer's
+(:func:`codekd.losses.attention_relation`; the paper distils the last layer, ``teacher_layer=-1``), plus
+``kd_weight``·CE(z_s/T, softmax(z_t/T)) (off by default: MiniLM itself uses no logits). The paper's value-
+relation term is not included, because models expose attention maps but not their value vectors.
+
+Tokens are matched by position as in CKD (:mod:`codekd.methods.layermap`): both maps are cut to the shorter
+length and keys that are padding on either side are removed, then every query row is renormalised over
+the remaining keys, so that both sides are distributions over the same tokens (when the lengths and masks
+agree this changes nothing). Only real query rows are averaged. Transformer students only: a BiGRU has no
+attention maps, and students must run eager attention (SDPA returns no maps).
+"""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from codekd import losses
+from codekd.methods import Method, all_methods, register
+from codekd.methods.layermap import common_positions
+from codekd.models.adapters import ModelShape, Outputs
+
+
+def _over_keys(attention: Tensor, n: int, keys: Tensor) -> Tensor:
+    """(B, heads, n, n) attention cut to n positions, restricted to ``keys`` (B, n) and renormalised."""
+    kept = attention[..., :n, :n] * keys[:, None, None, :].to(attention.dtype)
+    return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+
+
+@register
+class MiniLM(Method):
+    name = "minilm"
+    summary = "MiniLM: KL of last-layer self-attention distributions (+ optional soft CE)"
+    teacher_needs = ("logits", "attentions")
+    student_needs = ("logits", "attentions")
+    defaults = {"teacher_layer": -1, "kd_weight": 0.0, "temperature": 1.0}
+
+    def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
+        super().__init__(student, teacher, **hparams)
+        if student.kind != "transformer":
+            fitting = ", ".join(name for name, method in all_methods().items()
+                                if "attentions" not in method.student_needs)
+            raise ValueError(f"minilm needs attention maps, which a BiGRU student does not have; "
+                             f"methods for a GRU student: {fitting}")
+        layer = self.hp["teacher_layer"]
+        if not (1 <= abs(layer) <= teacher.num_layers):
+            raise ValueError(f"teacher_layer={layer}: use 1..{teacher.num_layers}, or -1 for the last layer "
+                             f"(negative values count from the end)")
+        self.teacher_idx = layer - 1 if layer > 0 else layer
+
+    def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
+        n, mask = common_positions(student, teacher)
+        attention = losses.attention_relation(
+            _over_keys(student.attentions[-1], n, mask),
+            _over_keys(teacher.attentions[self.teacher_idx], n, mask),
+            mask,
+        )
+        logit = losses.soft_cross_entropy(student.logits, teacher.logits, self.hp["temperature"])
+        loss = attention + self.hp["kd_weight"] * logit
+        return {"loss": loss, "attention": attention.detach(), "logit": logit.detach()}

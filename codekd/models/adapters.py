@@ -1,0 +1,96 @@
+"""The one place that knows model internals: a uniform view of any model's outputs for the losses.
+
+Methods never touch a model's modules; they receive `Outputs`. Hidden states follow Hugging Face
+conventions: for transformers, layer 0 is the embedding output and layers 1..L the blocks; for the
+BiGRU student, layers 1..L are the GRU layers (no embedding entry) and its per-layer first-token
+vectors are the per-layer final states (forward ‖ backward), as in the study's PKD for BiGRU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+NEEDS = ("logits", "hidden_states", "first_token", "attentions")
+
+
+@dataclass
+class Outputs:
+    """What a model produced for one batch; fields a method did not ask for stay None."""
+
+    logits: Tensor
+    mask: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+    first_token: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a method needs to know to build projections and layer maps."""
+
+    kind: str
+    num_layers: int
+    hidden_size: int
+    feature_size: int
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP/compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def is_gru(model: nn.Module) -> bool:
+    return getattr(unwrap(model).config, "model_type", "") == "bigru"
+
+
+def shape_of(model: nn.Module) -> ModelShape:
+    """Layers and widths; the GRU's features are bidirectional (2H)."""
+    cfg = unwrap(model).config
+    gru = is_gru(model)
+    hidden = cfg.hidden_size
+    return ModelShape("gru" if gru else "transformer", cfg.num_hidden_layers, hidden,
+                      2 * hidden if gru else hidden)
+
+
+def run(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str] = ("logits",)) -> Outputs:
+    """Forward `model` on a padded batch and collect what `needs` names."""
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"unknown model outputs {sorted(unknown)}; known: {NEEDS}")
+    if "attentions" in needs and is_gru(model):
+        raise ValueError("a BiGRU student has no attention maps")
+    hidden = bool({"hidden_states", "first_token"} & set(needs))
+    out = model(**inputs, output_hidden_states=hidden, output_attentions="attentions" in needs,
+                return_dict=True)
+    res = Outputs(logits=out.logits, mask=inputs["attention_mask"])
+    if hidden:
+        res.hidden_states = tuple(out.hidden_states)
+        if is_gru(model):
+            res.first_token = tuple(out.final_states)
+        else:
+            res.first_token = tuple(h[:, 0] for h in out.hidden_states)
+    if "attentions" in needs:
+        if not out.attentions:
+            raise ValueError("the model returned no attention maps; load it with attn_implementation='eager'")
+        res.attentions = tuple(out.attentions)
+    return res
+
+
+@torch.no_grad()
+def run_frozen(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str]) -> Outputs:
+    """A teacher's outputs: eval mode, no gradient, usable as loss targets."""
+    model.eval()
+    return run(model, inputs, needs)
+
+
+def prepare(model: nn.Module, needs: Collection[str]) -> nn.Module:
+    """Switch a transformer to eager attention when attention maps are needed (sdpa returns none)."""
+    if "attentions" in needs and not is_gru(model):
+        unwrap(model).set_attn_implementation("eager")
+    return model

@@ -1,0 +1,55 @@
+"""Loading any Hugging Face encoder as a teacher, and any codekd model directory back.
+
+Teachers come from a hub id or a local directory (offline, only local directories work) through
+`AutoModelForSequenceClassification`, so RoBERTa-family models (CodeBERT, UniXcoder), ModernBERT,
+BERT-family models and UniXcoder's older `vocab.json`/`merges.txt`/`pytorch_model.bin` layout all load
+the same way. A new classification head is sized to the task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+import codekd.models  # noqa: F401  (registers the BiGRU student with the Auto classes)
+from codekd.data import Task
+from codekd.encoding import InputSpec, load_tokenizer
+
+
+def load_pretrained_encoder(name_or_dir: str, task: Task) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pre-trained encoder with a fresh head for `task`, and its tokenizer."""
+    tokenizer = load_tokenizer(name_or_dir)
+    labels = dict(enumerate(task.labels))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_dir, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()},
+            ignore_mismatched_sizes=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
+        tok_id = getattr(tokenizer, key, None)
+        if tok_id is not None and hasattr(model.config, key):
+            setattr(model.config, key, tok_id)  # ModernBERT defaults assume its 50k vocabulary
+    return model, tokenizer
+
+
+def max_input_length(tokenizer: PreTrainedTokenizerBase, requested: int) -> int:
+    """The requested length, capped by what the tokenizer declares it supports."""
+    declared = tokenizer.model_max_length
+    return min(requested, declared) if declared and declared < 1_000_000 else requested
+
+
+def load_model_dir(path: str | Path, attentions: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase,
+                                                                        InputSpec]:
+    """A model directory written by codekd (teacher or student): model, tokenizer and input spec.
+
+    `attentions` loads the model with eager attention, which is needed for attention maps.
+    """
+    spec = InputSpec.load(path)
+    kwargs = {"attn_implementation": "eager"} if attentions else {}
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    return model, load_tokenizer(path), spec

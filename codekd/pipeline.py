@@ -1,0 +1,199 @@
+"""The Python API behind the CLI: vocabularies, teachers, distillation runs and evaluation.
+
+Every command reads and validates all its inputs before writing anything. A run works inside
+`OUT.partial/` (checkpoints, the best model so far) and becomes `OUT/` by one rename when it has
+finished, so `OUT/` is always complete: the best model in Hugging Face format (loadable with
+`from_pretrained(OUT)`), its tokenizer, `codekd.json` (input spec), `metrics.json` and `run.yaml`
+(the configuration and library versions that produced it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate.utils import set_seed
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from codekd.data import SPLITS, Task, get_task, load_split, load_splits
+from codekd.encoding import EncodedData, InputSpec, encode_view, load_tokenizer, resolve_unixcoder_prefix
+from codekd.io import atomic_dir, check_new_output, read_json, write_json
+from codekd.methods import get_method
+from codekd.models import StudentSpec, build_student, count_parameters, get_preset
+from codekd.models.adapters import prepare, shape_of
+from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
+from codekd.train import TrainConfig, console, evaluate, fit
+from codekd.vocab import save_vocab, train_vocab, training_texts
+
+hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file load/save bars are noise
+
+RUN_CONFIG = "run.yaml"
+METRICS = "metrics.json"
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and machine facts recorded with every result."""
+    libs = ("codekd", "torch", "transformers", "tokenizers", "accelerate", "numpy")
+    return {"versions": {lib: version(lib) for lib in libs}, "python": sys.version.split()[0],
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def make_vocab(task: str, data: str | Path, size: int, out: str | Path, max_length: int = 512,
+               whitespace: str = "collapse") -> Path:
+    """Train a student BPE vocabulary of `size` tokens on the task's training code (as the students see it)."""
+    check_new_output(out)
+    examples = load_split(task, data, "train", whitespace=whitespace)
+    return save_vocab(train_vocab(training_texts(examples), size, max_length), out)
+
+
+def size_mb(model_dir: Path) -> float:
+    """Size of the weight files on disk, in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin")) / 1e6
+
+
+def _save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: InputSpec, path: Path) -> None:
+    with atomic_dir(path, replace=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        spec.save(tmp)
+
+
+def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
+    """`OUT.partial/` for a new run, or the existing one when resuming the same configuration."""
+    check_new_output(out)
+    work = out.with_name(out.name + ".partial")
+    saved = work / RUN_CONFIG
+    if work.exists() and not resume:
+        raise FileExistsError(f"{work}: an unfinished run is there; add --resume to continue it, or delete it")
+    if resume and saved.exists():
+        before = yaml.safe_load(saved.read_text())["config"]
+        if before != config:
+            changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+            raise ValueError(f"--resume: {saved} was started with different options: {', '.join(changed)}")
+    work.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        saved.write_text(yaml.safe_dump({"config": config}, sort_keys=True))
+    return work
+
+
+def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+         spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
+         config: dict[str, Any], resume: bool, teacher: tuple[PreTrainedModel, PreTrainedTokenizerBase,
+                                                              InputSpec] | None = None) -> dict[str, Any]:
+    """Train `model` with a method, then test the best epoch and assemble `out` atomically."""
+    method_cls = get_method(method_name)
+    method = method_cls(shape_of(model), shape_of(teacher[0]) if teacher else None, **hparams)
+    prepare(model, method.student_needs)
+    if teacher:
+        prepare(teacher[0], method.teacher_needs)
+    work = _work_dir(out, config, resume)
+
+    def data(split: str) -> EncodedData:
+        views = {"student": encode_view(tokenizer, splits[split], spec)}
+        if teacher:
+            views["teacher"] = encode_view(teacher[1], splits[split], teacher[2])
+        return EncodedData([ex.label for ex in splits[split]], views)
+
+    train, valid, test = data("train"), data("valid"), data("test")
+    result = fit(model, method, train, valid, task, cfg, work,
+                 save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
+                 teacher=teacher[0] if teacher else None, resume=resume)
+    best = AutoModelForSequenceClassification.from_pretrained(str(work / "best"))
+    metrics: dict[str, Any] = {
+        "task": task.name, "split": "test", "headline": task.headline, "method": method_name,
+        "model": evaluate(best, test, task, batch_size=cfg.eval_batch_size), "teacher": None, "retention": None,
+        "parameters": count_parameters(best), "size_mb": size_mb(work / "best"),
+        "best_epoch": result.best_epoch, "history": result.history,
+        "train_seconds": sum(h["seconds"] for h in result.history)}
+    if teacher:
+        metrics["teacher"] = evaluate(teacher[0], test, task, view="teacher", batch_size=cfg.eval_batch_size)
+        metrics["teacher_parameters"] = count_parameters(teacher[0])
+        metrics["retention"] = metrics["model"][task.headline] / max(metrics["teacher"][task.headline], 1e-12)
+    with atomic_dir(out) as tmp:
+        for f in (work / "best").iterdir():
+            shutil.copy2(f, tmp / f.name)
+        write_json(tmp / METRICS, metrics)
+        (tmp / RUN_CONFIG).write_text(yaml.safe_dump(
+            {"config": config, "train": asdict(cfg), "hparams": method.hp, "environment": environment()},
+            sort_keys=True))
+    shutil.rmtree(work)
+    return metrics
+
+
+def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg: TrainConfig,
+                  max_length: int = 512, whitespace: str = "collapse", unixcoder_prefix: str = "auto",
+                  resume: bool = False) -> dict[str, Any]:
+    """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning)."""
+    t = get_task(task)
+    out = Path(out)
+    config = {"command": "teacher", "task": task, "data": str(data), "model": model, "max_length": max_length,
+              "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, **asdict(cfg)}
+    check_new_output(out)
+    splits = load_splits(t, data, whitespace=whitespace)
+    set_seed(cfg.seed)
+    net, tok = load_pretrained_encoder(model, t)
+    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, resolve_unixcoder_prefix(tok, unixcoder_prefix))
+    return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
+
+
+def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str | Path, method: str,
+            out: str | Path, cfg: TrainConfig, teacher: str | Path | None = None, max_length: int = 512,
+            whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
+            resume: bool = False) -> dict[str, Any]:
+    """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`."""
+    t = get_task(task)
+    out = Path(out)
+    spec_s = get_preset(student) if isinstance(student, str) else student
+    hparams = dict(hparams or {})
+    config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
+              "method": method, "teacher": str(teacher) if teacher else None, "max_length": max_length,
+              "whitespace": whitespace, "hparams": hparams, **asdict(cfg)}
+    check_new_output(out)
+    method_cls = get_method(method)
+    if method_cls.teacher_needs and teacher is None:
+        raise ValueError(f"--method {method} needs --teacher")
+    splits = load_splits(t, data, whitespace=whitespace)
+    tok = load_tokenizer(vocab)
+    teacher_parts = None
+    if teacher is not None:
+        teacher_parts = load_model_dir(teacher, attentions="attentions" in method_cls.teacher_needs)
+        if teacher_parts[2].task != task:
+            raise ValueError(f"--teacher {teacher}: trained for task {teacher_parts[2].task!r}, not {task!r}")
+    set_seed(cfg.seed)
+    net = build_student(spec_s, len(t.labels), vocab_size=len(tok), max_positions=max_length + 2)
+    net.config.id2label = dict(enumerate(t.labels))
+    net.config.label2id = {v: k for k, v in net.config.id2label.items()}
+    spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, extra={"student": spec_s.name})
+    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, teacher_parts)
+
+
+def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",
+                   out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a codekd model directory on one split; write the metrics as JSON."""
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    t = get_task(task)
+    model, tok, spec = load_model_dir(model_dir)
+    if spec.task != task:
+        raise ValueError(f"--model {model_dir}: trained for task {spec.task!r}, not {task!r}")
+    examples = load_split(t, data, split, whitespace=spec.whitespace)
+    data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)})
+    metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),
+               "metrics": evaluate(model, data_, t)}
+    write_json(Path(out) if out else Path(model_dir) / f"eval-{split}.json", metrics)
+    return metrics
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / METRICS)

@@ -1,0 +1,200 @@
+"""The one training loop every method shares, on Hugging Face Accelerate (CPU, one GPU or many).
+
+It is method-agnostic: per batch it asks the adapters for the student's (and the frozen teacher's)
+`Outputs`, hands them to the method, and minimises the method's "loss". After every epoch it
+evaluates on the validation split, keeps the best model by the task's headline metric, and writes a
+checkpoint atomically so a killed run resumes where the last finished epoch left it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from codekd.data import Task
+from codekd.encoding import EncodedData, batch_order
+from codekd.methods import Method
+from codekd.models.adapters import run, run_frozen
+
+console = Console(stderr=True)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; the defaults are the study's student settings (§5 of STUDY.md)."""
+
+    epochs: int = 5
+    lr: float = 3e-4
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping (the study's code never clips, by accident)
+    seed: int = 42
+    precision: str = "fp32"
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator for `fp32`, `bf16` or `fp16` (fp16 needs CUDA, where a grad scaler is used)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+
+
+def loader(data: EncodedData, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = False):
+    return torch.utils.data.DataLoader(data, batch_sampler=list(batch_order(len(data), batch_size, seed, epoch,
+                                                                            shuffle)),
+                                       collate_fn=data.collate)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
+            accelerator: Accelerator | None = None) -> np.ndarray:
+    """Class probabilities [N, C] of `model` on the `view` encodings of `data`, in data order."""
+    accelerator = accelerator or make_accelerator("fp32")
+    model = model.to(accelerator.device)
+    probs = []
+    for batch in loader(data, batch_size):
+        with accelerator.autocast():
+            out = run_frozen(model, _to(batch[view], accelerator.device), ("logits",))
+        probs.append(torch.softmax(out.logits.float(), dim=-1).cpu())
+    return torch.cat(probs).numpy()
+
+
+def evaluate(model: nn.Module, data: EncodedData, task: Task, view: str = "student", batch_size: int = 64,
+             accelerator: Accelerator | None = None) -> dict[str, float]:
+    """The task's metrics of `model` on `data`."""
+    return task.metrics(data.labels, predict(model, data, view, batch_size, accelerator))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedData, task: Task,
+        cfg: TrainConfig, work_dir: str | Path, save_best: Callable[[nn.Module], None],
+        teacher: nn.Module | None = None, resume: bool = False,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+    """Train `student` with `method` (optionally against a frozen `teacher`).
+
+    `save_best` is called with the student whenever the validation headline metric improves.
+    With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if it
+    had never stopped: model, method, optimiser, schedule and random state are all restored.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg.precision)
+    set_seed(cfg.seed)
+    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    method.to(accelerator.device)
+    if teacher is not None:
+        teacher.to(accelerator.device).eval()
+        teacher.requires_grad_(False)
+
+    result = FitResult(best_score=-float("inf"), best_epoch=0)
+    start_epoch = 1
+    ckpt_path = work_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        accelerator.unwrap_model(student).load_state_dict(state["student"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        result = FitResult(state["best_score"], state["best_epoch"], state["history"])
+        start_epoch = state["epoch"] + 1
+        console.print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                        disable=not accelerator.is_main_process)
+    with progress:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
+            student.train()
+            method.train()
+            started, seen, loss_sum = time.perf_counter(), 0, 0.0
+            for batch in accelerator.prepare_data_loader(loader(train, cfg.batch_size, cfg.seed, epoch, True)):
+                with accelerator.autocast():
+                    t_out = run_frozen(teacher, batch["teacher"], method.teacher_needs) \
+                        if method.teacher_needs else None
+                    s_out = run(student, batch["student"], method.student_needs)
+                    losses = method(s_out, t_out, batch["labels"])
+                accelerator.backward(losses["loss"])
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                seen += len(batch["labels"])
+                loss_sum += losses["loss"].item() * len(batch["labels"])
+                rate = seen / (time.perf_counter() - started)
+                progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:.1f} ex/s")
+            metrics = evaluate(student, valid, task, batch_size=cfg.eval_batch_size, accelerator=accelerator)
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                      "seconds": time.perf_counter() - started, "valid": metrics}
+            result.history.append(record)
+            score = metrics[task.headline]
+            if score > result.best_score:
+                result.best_score, result.best_epoch = score, epoch
+                if accelerator.is_main_process:
+                    save_best(accelerator.unwrap_model(student))
+            console.print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid {task.headline} "
+                          f"{score:.4f} (best {result.best_score:.4f} @ {result.best_epoch})")
+            if accelerator.is_main_process:
+                _save_checkpoint(ckpt_path, {
+                    "epoch": epoch, "student": accelerator.unwrap_model(student).state_dict(),
+                    "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "best_score": result.best_score,
+                    "best_epoch": result.best_epoch, "history": result.history})
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    return result
