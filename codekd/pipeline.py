@@ -31,7 +31,7 @@ from codekd.methods import get_method
 from codekd.models import StudentSpec, build_student, count_parameters, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
-from codekd.train import TrainConfig, console, evaluate, fit
+from codekd.train import TrainConfig, evaluate, fit
 from codekd.vocab import save_vocab, train_vocab, training_texts
 
 hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file load/save bars are noise
@@ -143,7 +143,8 @@ def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg:
     splits = load_splits(t, data, whitespace=whitespace)
     set_seed(cfg.seed)
     net, tok = load_pretrained_encoder(model, t)
-    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, resolve_unixcoder_prefix(tok, unixcoder_prefix))
+    prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
+    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, prefix)
     return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
 
 

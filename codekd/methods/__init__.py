@@ -51,7 +51,7 @@ def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
         value = yaml.safe_load(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if type(value) is not type(default) and not (default is None):
+    if type(value) is not type(default) and default is not None:
         raise ValueError(f"method {method!r}: option {key}={value!r} must be a {type(default).__name__}")
     return value
 
