@@ -116,7 +116,8 @@ class EncodedData(torch.utils.data.Dataset):
         return i
 
     def collate(self, indices: Sequence[int]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"labels": torch.tensor([self.labels[i] for i in indices])}
+        batch: dict[str, Any] = {"labels": torch.tensor([self.labels[i] for i in indices]),
+                                 "index": torch.tensor(list(indices))}
         for name, (items, pad_id) in self.views.items():
             batch[name] = pad_batch([items[i] for i in indices], pad_id)
         return batch

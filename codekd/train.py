@@ -28,7 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
 from codekd.methods import Method
-from codekd.models.adapters import run, run_frozen
+from codekd.models.adapters import Outputs, run, run_frozen
 
 console = Console(stderr=True)
 CHECKPOINT = "checkpoint.pt"
@@ -76,17 +76,23 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
-            accelerator: Accelerator | None = None) -> np.ndarray:
-    """Class probabilities [N, C] of `model` on the `view` encodings of `data`, in data order."""
+def logits_of(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
+              accelerator: Accelerator | None = None) -> torch.Tensor:
+    """Logits [N, C] (fp32) of `model` on the `view` encodings of `data`, in data order."""
     accelerator = accelerator or make_accelerator("fp32")
     model = model.to(accelerator.device)
-    probs = []
+    logits = []
     for batch in loader(data, batch_size):
         with accelerator.autocast():
             out = run_frozen(model, _to(batch[view], accelerator.device), ("logits",))
-        probs.append(torch.softmax(out.logits.float(), dim=-1).cpu())
-    return torch.cat(probs).numpy()
+        logits.append(out.logits.float())
+    return torch.cat(logits)
+
+
+def predict(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
+            accelerator: Accelerator | None = None) -> np.ndarray:
+    """Class probabilities [N, C] of `model` on the `view` encodings of `data`, in data order."""
+    return torch.softmax(logits_of(model, data, view, batch_size, accelerator), dim=-1).cpu().numpy()
 
 
 def evaluate(model: nn.Module, data: EncodedData, task: Task, view: str = "student", batch_size: int = 64,
@@ -114,10 +120,18 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _teacher_outputs(teacher: nn.Module | None, cached: torch.Tensor | None, batch: dict[str, Any],
+                     method: Method) -> Outputs | None:
+    if not method.teacher_needs:
+        return None
+    if cached is not None:
+        return Outputs(logits=cached[batch["index"]], mask=batch["teacher"]["attention_mask"])
+    return run_frozen(teacher, batch["teacher"], method.teacher_needs)
+
+
 def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedData, task: Task,
         cfg: TrainConfig, work_dir: str | Path, save_best: Callable[[nn.Module], None],
-        teacher: nn.Module | None = None, resume: bool = False,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        teacher: nn.Module | None = None, resume: bool = False) -> FitResult:
     """Train `student` with `method` (optionally against a frozen `teacher`).
 
     `save_best` is called with the student whenever the validation headline metric improves.
@@ -138,6 +152,12 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     if teacher is not None:
         teacher.to(accelerator.device).eval()
         teacher.requires_grad_(False)
+
+    # A frozen teacher in eval mode is deterministic: when a method needs only its logits, compute them
+    # once for the whole training split instead of once per epoch.
+    teacher_logits = None
+    if teacher is not None and tuple(method.teacher_needs) == ("logits",):
+        teacher_logits = logits_of(teacher, train, "teacher", cfg.eval_batch_size, accelerator)
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
     start_epoch = 1
@@ -164,8 +184,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
             for batch in accelerator.prepare_data_loader(loader(train, cfg.batch_size, cfg.seed, epoch, True)):
                 with accelerator.autocast():
-                    t_out = run_frozen(teacher, batch["teacher"], method.teacher_needs) \
-                        if method.teacher_needs else None
+                    t_out = _teacher_outputs(teacher, teacher_logits, batch, method)
                     s_out = run(student, batch["student"], method.student_needs)
                     losses = method(s_out, t_out, batch["labels"])
                 accelerator.backward(losses["loss"])
@@ -195,6 +214,4 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                     "method": method.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": _rng_state(), "best_score": result.best_score,
                     "best_epoch": result.best_epoch, "history": result.history})
-            if on_epoch_end is not None:
-                on_epoch_end(record)
     return result

@@ -1,0 +1,5 @@
+"""`python -m codekd` runs the CLI."""
+
+from codekd.cli import main
+
+main()

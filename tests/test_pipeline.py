@@ -1,0 +1,170 @@
+"""End-to-end behaviour of the API and CLI: vocabularies, teachers, ft/kd students, evaluation, resume,
+bad inputs and atomic outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from codekd import train as train_mod
+from codekd.encoding import InputSpec, encode
+from codekd.models import custom_spec
+from codekd.pipeline import distill, evaluate_model, make_vocab, read_metrics, train_teacher
+from codekd.train import TrainConfig
+
+TINY_GRU = custom_spec("gru", 400, 16, 2)
+TINY_ROBERTA = custom_spec("roberta", 400, 16, 2, 2, 32)
+
+
+def test_vocab_loads_with_autotokenizer_and_truncates(small_vocab):
+    tok = AutoTokenizer.from_pretrained(small_vocab)
+    assert len(tok) <= 400
+    assert [tok.convert_ids_to_tokens(i) for i in range(5)] == ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    code = "def f(x):\n    return x + 1"
+    ids = tok(code)["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2
+    assert tok.decode(ids, skip_special_tokens=True) == code
+    pair = tok(code * 20, code * 20, truncation=True, max_length=32)["input_ids"]
+    assert len(pair) == 32 and pair.count(2) == 3  # <s> a </s></s> b </s>
+
+
+def test_vocab_refuses_existing_output(small_exception, tmp_path):
+    (tmp_path / "v").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        make_vocab("exception", small_exception, 400, tmp_path / "v")
+
+
+def test_teacher_run_directory(tiny_teacher):
+    m = read_metrics(tiny_teacher)
+    assert m["task"] == "exception" and m["method"] == "ft" and m["model"]["n"] == 32
+    assert 0 <= m["model"]["accuracy"] <= 1 and m["parameters"] > 0 and m["size_mb"] > 0
+    assert InputSpec.load(tiny_teacher).max_length == 64
+    run = (tiny_teacher / "run.yaml").read_text()
+    assert "transformers" in run and "lr: 0.001" in run
+    assert not tiny_teacher.with_name("teacher.partial").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    assert model.config.id2label[0] == "ValueError"
+
+
+@pytest.mark.parametrize("spec", [TINY_ROBERTA, TINY_GRU], ids=["roberta", "gru"])
+@pytest.mark.parametrize("method", ["ft", "kd"])
+def test_student_end_to_end(small_exception, small_vocab, tiny_teacher, tmp_path, spec, method):
+    out = tmp_path / "run"
+    m = distill("exception", small_exception, spec, small_vocab, method, out,
+                TrainConfig(epochs=1, lr=1e-3, batch_size=16), teacher=tiny_teacher, max_length=64)
+    assert m["teacher"]["n"] == m["model"]["n"] == 32
+    assert m["retention"] == pytest.approx(m["model"]["accuracy"] / m["teacher"]["accuracy"])
+    saved = read_metrics(out)
+    assert saved["model"] == m["model"]
+    # the run directory is a Hugging Face model directory that evaluates to the same numbers
+    again = evaluate_model("exception", small_exception, out, "test", tmp_path / "eval.json")
+    assert again["metrics"] == pytest.approx(m["model"])
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == again["metrics"]
+
+
+def _kill_after_first_checkpoint(monkeypatch):
+    real = train_mod._save_checkpoint
+
+    def save_then_die(path, state):
+        real(path, state)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+
+
+def test_resume_after_kill_gives_same_result(small_exception, small_vocab, tiny_teacher, tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=7)
+    args = ("exception", small_exception, TINY_ROBERTA, small_vocab, "kd")
+    whole = distill(*args, tmp_path / "whole", cfg, teacher=tiny_teacher, max_length=64)
+
+    with monkeypatch.context() as m:
+        _kill_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64)
+    assert not (tmp_path / "killed").exists()
+    assert (tmp_path / "killed.partial" / "checkpoint.pt").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64)
+    with pytest.raises(ValueError, match="different options: lr"):
+        distill(*args, tmp_path / "killed", TrainConfig(epochs=2, lr=5e-4, batch_size=16, seed=7),
+                teacher=tiny_teacher, max_length=64, resume=True)
+    resumed = distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64, resume=True)
+    assert resumed["model"] == whole["model"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
+    assert not (tmp_path / "killed.partial").exists()
+
+
+def test_gradient_clipping_really_clips(small_exception, small_vocab, tmp_path, monkeypatch):
+    norms = []
+    real = train_mod.Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, max_norm, *a, **k):
+        parameters = list(parameters)
+        total = real(self, parameters, max_norm, *a, **k)
+        after = torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+        norms.append((float(total), float(after)))
+        return total
+
+    monkeypatch.setattr(train_mod.Accelerator, "clip_grad_norm_", spy)
+    distill("exception", small_exception, TINY_ROBERTA, small_vocab, "ft", tmp_path / "r",
+            TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_grad_norm=0.01), max_length=64)
+    assert norms and all(after <= 0.01 * 1.001 for _, after in norms)
+    assert any(before > 0.01 for before, _ in norms)
+
+
+def test_unixcoder_prefix_detected_and_applied(small_vocab, tmp_path):
+    from codekd.data import Example
+    from codekd.encoding import resolve_unixcoder_prefix
+
+    tok = AutoTokenizer.from_pretrained(small_vocab)
+    assert resolve_unixcoder_prefix(tok, "auto") is False
+    with pytest.raises(ValueError, match="encoder-only"):
+        resolve_unixcoder_prefix(tok, "on")
+    tok.add_tokens(["<encoder-only>"], special_tokens=True)
+    assert resolve_unixcoder_prefix(tok, "auto") is True
+    ids = encode(tok, [Example("def f(): pass", 0)], InputSpec("exception", 16, unixcoder_prefix=True))[0]
+    assert ids["input_ids"][:3] == [0, tok.convert_tokens_to_ids("<encoder-only>"), 2]
+    assert len(encode(tok, [Example("x = 1\n" * 50, 0)], InputSpec("exception", 16, unixcoder_prefix=True))[0]
+               ["input_ids"]) == 16
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "codekd", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path.cwd())})
+
+
+def test_cli_bad_data_names_file_and_line_and_writes_nothing(small_vocab, tmp_path):
+    data = tmp_path / "bad"
+    data.mkdir()
+    good = json.dumps({"function": "def f():\n    try: pass\n    except __HOLE__: pass", "label": "KeyError"})
+    (data / "train.jsonl").write_text(good + "\n" + good + "\n{not json\n")
+    (data / "dev.jsonl").write_text(good + "\n")
+    (data / "test.jsonl").write_text(good + "\n")
+    res = _cli("distill", "--task", "exception", "--data", str(data), "--student", "gru-1.5m", "--vocab",
+               str(small_vocab), "--method", "ft", "--out", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert f"{data / 'train.jsonl'}:3" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_cli_unknown_method_option_is_refused(small_exception, small_vocab, tiny_teacher, tmp_path):
+    res = _cli("distill", "--task", "exception", "--data", str(small_exception), "--student", "gru-1.5m",
+               "--vocab", str(small_vocab), "--method", "kd", "--teacher", str(tiny_teacher), "--bogus", "3",
+               "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "bogus" in res.stderr and "temperature" in res.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_cli_methods_and_presets_list_everything():
+    res = _cli("methods")
+    assert res.returncode == 0 and "ft" in res.stdout and "kd" in res.stdout and "temperature=10.0" in res.stdout
+    res = _cli("presets")
+    assert res.returncode == 0
+    for name in ("roberta-124m", "roberta-30m", "roberta-7m", "roberta-1.5m", "roberta-0.6m", "gru-30m", "gru-7m",
+                 "gru-1.5m"):
+        assert name in res.stdout
