@@ -168,3 +168,51 @@ def test_cli_methods_and_presets_list_everything():
     for name in ("roberta-124m", "roberta-30m", "roberta-7m", "roberta-1.5m", "roberta-0.6m", "gru-30m", "gru-7m",
                  "gru-1.5m"):
         assert name in res.stdout
+
+
+def _bpe_files(small_vocab, path: Path, extra: list[str]) -> int:
+    """Write a tokenizer in the old `vocab.json` + `merges.txt` layout (UniXcoder's); returns its size."""
+    tok = json.loads((small_vocab / "tokenizer.json").read_text())
+    vocab = dict(tok["model"]["vocab"])
+    for t in extra:
+        vocab[t] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return len(vocab)
+
+
+def test_teacher_from_unixcoder_old_layout(small_exception, small_vocab, tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    src = tmp_path / "unixcoder-like"
+    src.mkdir()
+    size = _bpe_files(small_vocab, src, ["<encoder-only>"])
+    cfg = RobertaConfig(vocab_size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=130, type_vocab_size=1, pad_token_id=1)
+    torch.save(RobertaModel(cfg).state_dict(), src / "pytorch_model.bin")
+    cfg.save_pretrained(src)
+    assert sorted(p.name for p in src.iterdir()) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
+    out = tmp_path / "teacher"
+    m = train_teacher("exception", small_exception, str(src), out, TrainConfig(epochs=1, lr=1e-3, batch_size=16),
+                      max_length=64)
+    assert m["model"]["n"] == 32
+    spec = InputSpec.load(out)
+    assert spec.unixcoder_prefix is True  # detected from the <encoder-only> token
+
+
+def test_teacher_from_modernbert(small_exception, small_vocab, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    tok = AutoTokenizer.from_pretrained(small_vocab)
+    cfg = AutoConfig.for_model("modernbert", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                               pad_token_id=1, bos_token_id=0, eos_token_id=2, cls_token_id=0, sep_token_id=2)
+    src = tmp_path / "modernbert"
+    AutoModel.from_config(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    out = tmp_path / "teacher"
+    m = train_teacher("exception", small_exception, str(src), out, TrainConfig(epochs=1, lr=1e-3, batch_size=16),
+                      max_length=64)
+    assert m["model"]["n"] == 32 and InputSpec.load(out).unixcoder_prefix is False
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.model_type == "modernbert"
