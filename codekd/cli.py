@@ -108,7 +108,8 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
 
 @app.command(context_settings=EXTRA)
 def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typer.Option(None),
-            teacher: Path = typer.Option(None, help="fine-tuned teacher directory (codekd teacher)"),
+            teacher: list[Path] = typer.Option(None, help="fine-tuned teacher directory; repeat for multi-teacher KD"),
+            teacher_weights: str = typer.Option(None, help="comma-separated weights of the teachers (default equal)"),
             student: str = typer.Option(None, help="preset name (codekd presets)"),
             vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
@@ -116,12 +117,13 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             max_length: int = typer.Option(None), temperature: float = typer.Option(None),
             seed: int = typer.Option(None), whitespace: str = typer.Option(None),
             precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
+            align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),
             resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     from codekd.pipeline import distill as run_distill
 
     cfg = _load_config(config)
-    given = {k: v for k, v in ctx.params.items() if v is not None and k not in ("config", "resume")}
+    given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in ("config", "resume")}
     merged = {**cfg, **given}
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
     if merged.get("temperature") is not None:
@@ -130,10 +132,16 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
         if merged.get(key) is None:
             _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
     train_cfg = _train_config(merged, {})
+    weights = merged.get("teacher_weights")
+    if isinstance(weights, str):
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            _fail(f"--teacher-weights {weights!r}: expected comma-separated numbers")
     m = run_distill(merged["task"], merged["data"], merged["student"], merged["vocab"], merged["method"],
-                    merged["out"], train_cfg, teacher=merged.get("teacher"),
+                    merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
-                    hparams=hparams, resume=resume)
+                    hparams=hparams, resume=resume, align=merged.get("align") or "position")
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))

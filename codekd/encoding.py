@@ -63,19 +63,28 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def _prefix(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> list[int]:
+    if not spec.unixcoder_prefix:
+        return []
+    return [tokenizer.convert_tokens_to_ids(UNIXCODER_TOKEN), tokenizer.sep_token_id]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec, **kwargs: Any):
+    first = [normalize_code(ex.code, spec.whitespace) for ex in examples]
+    pair = bool(examples) and examples[0].code2 is not None
+    second = [normalize_code(ex.code2, spec.whitespace) for ex in examples] if pair else None
+    budget = spec.max_length - len(_prefix(tokenizer, spec))
+    return tokenizer(first, second, truncation=True, max_length=budget, **kwargs)
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec) -> list[dict]:
     """Token ids (and token types where the tokenizer uses them) for each example.
 
     Clone pairs use the tokenizer's pair encoding. With the UniXcoder prefix the input is
     `<s> <encoder-only> </s> code </s>`, as in UniXcoder's own encoder-only usage.
     """
-    prefix = []
-    if spec.unixcoder_prefix:
-        prefix = [tokenizer.convert_tokens_to_ids(UNIXCODER_TOKEN), tokenizer.sep_token_id]
-    first = [normalize_code(ex.code, spec.whitespace) for ex in examples]
-    second = [normalize_code(ex.code2, spec.whitespace) for ex in examples] if examples and \
-        examples[0].code2 is not None else None
-    enc = tokenizer(first, second, truncation=True, max_length=spec.max_length - len(prefix))
+    prefix = _prefix(tokenizer, spec)
+    enc = _tokenize(tokenizer, examples, spec)
     out = []
     for i in range(len(examples)):
         ids = enc["input_ids"][i]
@@ -87,15 +96,55 @@ def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec
     return out
 
 
+Span = tuple[int, int, int] | None
+
+
+def token_spans(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec) -> list[list[Span]]:
+    """(sequence, first char, end char) of every token `encode` produces; None for special tokens."""
+    if not tokenizer.is_fast:
+        raise ValueError(f"--align offsets needs a fast tokenizer; {type(tokenizer).__name__} gives no offsets")
+    enc = _tokenize(tokenizer, examples, spec, return_offsets_mapping=True)
+    prefix = [None] * len(_prefix(tokenizer, spec))
+    out = []
+    for i in range(len(examples)):
+        spans = [None if seq is None or a == b else (seq, a, b)
+                 for seq, (a, b) in zip(enc.sequence_ids(i), enc["offset_mapping"][i], strict=True)]
+        out.append(spans[:1] + prefix + spans[1:])
+    return out
+
+
+def align_by_offsets(student: Sequence[Span], teacher: Sequence[Span]) -> list[int]:
+    """For each student token, the teacher token covering the same source characters (-1: none).
+
+    A student token maps to the first teacher token that covers any of its characters; the leading
+    special token (`<s>`/[CLS]) maps to the teacher's first token; other special tokens map to none.
+    """
+    owner: dict[tuple[int, int], int] = {}
+    for k, span in enumerate(teacher):
+        if span is not None:
+            for c in range(span[1], span[2]):
+                owner.setdefault((span[0], c), k)
+    index = []
+    for j, span in enumerate(student):
+        if span is None:
+            index.append(0 if j == 0 else -1)
+        else:
+            index.append(next((owner[(span[0], c)] for c in range(span[1], span[2]) if (span[0], c) in owner), -1))
+    return index
+
+
 def pad_batch(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest member of the batch (right padding) and build the attention mask."""
-    width = max(len(it["input_ids"]) for it in items)
+    """Pad to the longest member of the batch (right padding) and build the attention mask.
+
+    `input_ids` are padded with `pad_id`, every other sequence with 0.
+    """
+    lengths = [len(next(iter(it.values()))) for it in items]
+    width = max(lengths)
     batch: dict[str, torch.Tensor] = {}
     for key in items[0]:
         fill = pad_id if key == "input_ids" else 0
         batch[key] = torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
-    batch["attention_mask"] = torch.tensor(
-        [[1] * len(it["input_ids"]) + [0] * (width - len(it["input_ids"])) for it in items])
+    batch["attention_mask"] = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
     return batch
 
 

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -25,18 +26,27 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.utils import logging as hf_logging
 
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
-from codekd.encoding import EncodedData, InputSpec, encode_view, load_tokenizer, resolve_unixcoder_prefix
+from codekd.encoding import (
+    EncodedData,
+    InputSpec,
+    align_by_offsets,
+    encode_view,
+    load_tokenizer,
+    resolve_unixcoder_prefix,
+    token_spans,
+)
 from codekd.io import atomic_dir, check_new_output, read_json, write_json
 from codekd.methods import get_method
 from codekd.models import StudentSpec, build_student, count_parameters, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
-from codekd.train import TrainConfig, evaluate, fit
+from codekd.train import TrainConfig, align_view, check_teachers, evaluate, fit, normalized_weights, teacher_view
 from codekd.vocab import save_vocab, train_vocab, training_texts
 
 hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file load/save bars are noise
 
 RUN_CONFIG = "run.yaml"
+ALIGN = ("position", "offsets")
 METRICS = "metrics.json"
 
 
@@ -87,28 +97,40 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
     return work
 
 
+Teacher = tuple[PreTrainedModel, PreTrainedTokenizerBase, InputSpec]
+
+
 def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
-         config: dict[str, Any], resume: bool, teacher: tuple[PreTrainedModel, PreTrainedTokenizerBase,
-                                                              InputSpec] | None = None) -> dict[str, Any]:
+         config: dict[str, Any], resume: bool, teachers: Sequence[Teacher] = (),
+         teacher_weights: Sequence[float] | None = None, align: str = "position") -> dict[str, Any]:
     """Train `model` with a method, then test the best epoch and assemble `out` atomically."""
-    method_cls = get_method(method_name)
-    method = method_cls(shape_of(model), shape_of(teacher[0]) if teacher else None, **hparams)
+    if align not in ALIGN:
+        raise ValueError(f"--align {align!r}: expected one of {', '.join(ALIGN)}")
+    if align == "offsets" and any(t[2].whitespace != spec.whitespace for t in teachers):
+        raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
+    method = get_method(method_name)(shape_of(model), shape_of(teachers[0][0]) if teachers else None, **hparams)
+    check_teachers(method, len(teachers))
+    weights = normalized_weights(teacher_weights, len(teachers))
     prepare(model, method.student_needs)
-    if teacher:
-        prepare(teacher[0], method.teacher_needs)
+    for t in teachers:
+        prepare(t[0], method.teacher_needs)
     work = _work_dir(out, config, resume)
 
     def data(split: str) -> EncodedData:
         views = {"student": encode_view(tokenizer, splits[split], spec)}
-        if teacher:
-            views["teacher"] = encode_view(teacher[1], splits[split], teacher[2])
+        for i, (_, tok, tspec) in enumerate(teachers):
+            views[teacher_view(i)] = encode_view(tok, splits[split], tspec)
+            if align == "offsets":
+                pairs = zip(token_spans(tokenizer, splits[split], spec), token_spans(tok, splits[split], tspec),
+                            strict=True)
+                views[align_view(i)] = ([{"teacher_index": align_by_offsets(s, t)} for s, t in pairs], 0)
         return EncodedData([ex.label for ex in splits[split]], views)
 
     train, valid, test = data("train"), data("valid"), data("test")
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
-                 teacher=teacher[0] if teacher else None, resume=resume)
+                 teachers=[t[0] for t in teachers], teacher_weights=weights, resume=resume)
     best = AutoModelForSequenceClassification.from_pretrained(str(work / "best"))
     metrics: dict[str, Any] = {
         "task": task.name, "split": "test", "headline": task.headline, "method": method_name,
@@ -116,9 +138,14 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         "parameters": count_parameters(best), "size_mb": size_mb(work / "best"),
         "best_epoch": result.best_epoch, "history": result.history,
         "train_seconds": sum(h["seconds"] for h in result.history)}
-    if teacher:
-        metrics["teacher"] = evaluate(teacher[0], test, task, view="teacher", batch_size=cfg.eval_batch_size)
-        metrics["teacher_parameters"] = count_parameters(teacher[0])
+    if teachers:
+        metrics["teachers"] = [
+            {"metrics": evaluate(t[0], test, task, view=teacher_view(i), batch_size=cfg.eval_batch_size),
+             "parameters": count_parameters(t[0]), "weight": w}
+            for i, (t, w) in enumerate(zip(teachers, weights, strict=True))]
+        best_teacher = max(metrics["teachers"], key=lambda t: t["metrics"][task.headline])
+        metrics["teacher"] = best_teacher["metrics"]
+        metrics["teacher_parameters"] = best_teacher["parameters"]
         metrics["retention"] = metrics["model"][task.headline] / max(metrics["teacher"][task.headline], 1e-12)
     with atomic_dir(out) as tmp:
         for f in (work / "best").iterdir():
@@ -149,34 +176,42 @@ def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg:
 
 
 def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str | Path, method: str,
-            out: str | Path, cfg: TrainConfig, teacher: str | Path | None = None, max_length: int = 512,
-            whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
-            resume: bool = False) -> dict[str, Any]:
-    """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`."""
+            out: str | Path, cfg: TrainConfig, teacher: str | Path | Sequence[str | Path] | None = None,
+            max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
+            resume: bool = False, teacher_weights: Sequence[float] | None = None,
+            align: str = "position") -> dict[str, Any]:
+    """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
+
+    `teacher` is one fine-tuned teacher directory or several (multi-teacher KD with a logit method:
+    the method's loss against each teacher, weighted by `teacher_weights`, equal by default). The
+    retention in the metrics is relative to the best teacher on the test split. `align` pairs
+    student and teacher tokens for token-level methods: `position` (the study: i-th with i-th) or
+    `offsets` (the teacher token covering the same source characters).
+    """
+    teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
     t = get_task(task)
     out = Path(out)
     spec_s = get_preset(student) if isinstance(student, str) else student
     hparams = dict(hparams or {})
     config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
-              "method": method, "teacher": str(teacher) if teacher else None, "max_length": max_length,
-              "whitespace": whitespace, "hparams": hparams, **asdict(cfg)}
+              "method": method, "teachers": [str(t) for t in teachers], "teacher_weights": list(teacher_weights or []),
+              "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align, **asdict(cfg)}
     check_new_output(out)
     method_cls = get_method(method)
-    if method_cls.teacher_needs and teacher is None:
+    if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
     splits = load_splits(t, data, whitespace=whitespace)
     tok = load_tokenizer(vocab)
-    teacher_parts = None
-    if teacher is not None:
-        teacher_parts = load_model_dir(teacher, attentions="attentions" in method_cls.teacher_needs)
-        if teacher_parts[2].task != task:
-            raise ValueError(f"--teacher {teacher}: trained for task {teacher_parts[2].task!r}, not {task!r}")
+    loaded = [load_model_dir(path) for path in teachers]
+    for path, (_, _, tspec) in zip(teachers, loaded, strict=True):
+        if tspec.task != task:
+            raise ValueError(f"--teacher {path}: trained for task {tspec.task!r}, not {task!r}")
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), vocab_size=len(tok), max_positions=max_length + 2)
     net.config.id2label = dict(enumerate(t.labels))
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
     spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, extra={"student": spec_s.name})
-    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, teacher_parts)
+    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align)
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",

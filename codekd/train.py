@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
 from codekd.methods import Method
-from codekd.models.adapters import Outputs, run, run_frozen
+from codekd.models.adapters import Outputs, align_to, run, run_frozen
 
 console = Console(stderr=True)
 CHECKPOINT = "checkpoint.pt"
@@ -54,6 +54,31 @@ class FitResult:
     best_score: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def teacher_view(i: int) -> str:
+    """Name of the i-th teacher's encodings in an `EncodedData`."""
+    return f"teacher{i}"
+
+
+def align_view(i: int) -> str:
+    """Name of the student-token → i-th-teacher-token index in an `EncodedData` (`--align offsets`)."""
+    return f"align{i}"
+
+
+def normalized_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Teacher weights that sum to 1 (equal when not given)."""
+    if not weights:
+        return [1.0 / n] * n if n else []
+    if len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--teacher-weights {list(weights)}: need {n} non-negative weights, not all zero")
+    return [w / sum(weights) for w in weights]
+
+
+def check_teachers(method: Method, n: int) -> None:
+    """Several teachers work with logit methods only (feature methods own per-teacher projections)."""
+    if n > 1 and tuple(method.teacher_needs) != ("logits",):
+        raise ValueError(f"method {method.name!r} compares features; several teachers work with logit methods only")
 
 
 def make_accelerator(precision: str) -> Accelerator:
@@ -120,19 +145,33 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _teacher_outputs(teacher: nn.Module | None, cached: torch.Tensor | None, batch: dict[str, Any],
-                     method: Method) -> Outputs | None:
+def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module], weights: Sequence[float],
+                 cached: list[torch.Tensor] | None, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The method's losses; with several teachers, their weighted sum (one term per teacher)."""
     if not method.teacher_needs:
-        return None
-    if cached is not None:
-        return Outputs(logits=cached[batch["index"]], mask=batch["teacher"]["attention_mask"])
-    return run_frozen(teacher, batch["teacher"], method.teacher_needs)
+        return method(student, None, batch["labels"])
+    total: dict[str, torch.Tensor] = {}
+    for i, (teacher, weight) in enumerate(zip(teachers, weights, strict=True)):
+        view = batch[teacher_view(i)]
+        if cached is not None:
+            t_out = Outputs(logits=cached[i][batch["index"]], mask=view["attention_mask"])
+        else:
+            t_out = run_frozen(teacher, view, method.teacher_needs)
+            if align_view(i) in batch:
+                t_out = align_to(t_out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
+        for key, value in method(student, t_out, batch["labels"]).items():
+            total[key] = total.get(key, 0.0) + weight * value
+    return total
 
 
 def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedData, task: Task,
         cfg: TrainConfig, work_dir: str | Path, save_best: Callable[[nn.Module], None],
-        teacher: nn.Module | None = None, resume: bool = False) -> FitResult:
-    """Train `student` with `method` (optionally against a frozen `teacher`).
+        teachers: Sequence[nn.Module] = (), teacher_weights: Sequence[float] | None = None,
+        resume: bool = False) -> FitResult:
+    """Train `student` with `method`, against frozen `teachers` when the method uses one.
+
+    Several teachers (multi-teacher KD) contribute the method's loss each, weighted by
+    `teacher_weights` (normalised to sum to 1; equal by default).
 
     `save_best` is called with the student whenever the validation headline metric improves.
     With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if it
@@ -149,15 +188,18 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     method.to(accelerator.device)
-    if teacher is not None:
+    for teacher in teachers:
         teacher.to(accelerator.device).eval()
         teacher.requires_grad_(False)
+    weights = normalized_weights(teacher_weights, len(teachers))
 
     # A frozen teacher in eval mode is deterministic: when a method needs only its logits, compute them
     # once for the whole training split instead of once per epoch.
+    check_teachers(method, len(teachers))
     teacher_logits = None
-    if teacher is not None and tuple(method.teacher_needs) == ("logits",):
-        teacher_logits = logits_of(teacher, train, "teacher", cfg.eval_batch_size, accelerator)
+    if teachers and tuple(method.teacher_needs) == ("logits",):
+        teacher_logits = [logits_of(t, train, teacher_view(i), cfg.eval_batch_size, accelerator)
+                          for i, t in enumerate(teachers)]
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
     start_epoch = 1
@@ -184,9 +226,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
             for batch in accelerator.prepare_data_loader(loader(train, cfg.batch_size, cfg.seed, epoch, True)):
                 with accelerator.autocast():
-                    t_out = _teacher_outputs(teacher, teacher_logits, batch, method)
                     s_out = run(student, batch["student"], method.student_needs)
-                    losses = method(s_out, t_out, batch["labels"])
+                    losses = _method_loss(method, s_out, teachers, weights, teacher_logits, batch)
                 accelerator.backward(losses["loss"])
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -239,7 +239,7 @@ def test_minilm_is_plain_attention_kl_when_positions_agree(pair: tuple[Outputs, 
 
 
 def test_minilm_rejects_gru_students_and_bad_layers() -> None:
-    with pytest.raises(ValueError, match="methods for a GRU student: ckd, dist, dkd, ft, kd, pkd, tinybert"):
+    with pytest.raises(ValueError, match="methods for a GRU student: ckd, combo, dist, dkd, ft, kd, pkd, tinybert"):
         get_method("minilm")(GRU, TEACHER)
     with pytest.raises(ValueError, match="teacher_layer=7"):
         get_method("minilm")(STUDENT, TEACHER, teacher_layer=7)

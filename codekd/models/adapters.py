@@ -94,3 +94,24 @@ def prepare(model: nn.Module, needs: Collection[str]) -> nn.Module:
     if "attentions" in needs and not is_gru(model):
         unwrap(model).set_attn_implementation("eager")
     return model
+
+
+def align_to(outputs: Outputs, index: Tensor, valid: Tensor) -> Outputs:
+    """A teacher's token-level outputs re-ordered to the student's token positions.
+
+    `index[b, j]` is the teacher token paired with student token j (-1: none), `valid` the student's
+    mask; the result's mask is 1 only where a student token has a teacher partner.
+    """
+    idx = index.clamp(min=0)
+    mask = outputs.mask.gather(1, idx) * valid * (index >= 0)
+
+    def tokens(h: Tensor, dim: int) -> Tensor:
+        shape = [1] * h.dim()
+        shape[0], shape[dim] = idx.size(0), idx.size(1)
+        expand = list(h.shape)
+        expand[dim] = idx.size(1)
+        return h.gather(dim, idx.view(shape).expand(expand))
+
+    hidden = None if outputs.hidden_states is None else tuple(tokens(h, 1) for h in outputs.hidden_states)
+    attn = None if outputs.attentions is None else tuple(tokens(tokens(a, 2), 3) for a in outputs.attentions)
+    return Outputs(outputs.logits, mask, hidden, outputs.first_token, attn)

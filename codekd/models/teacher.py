@@ -43,13 +43,7 @@ def max_input_length(tokenizer: PreTrainedTokenizerBase, requested: int) -> int:
     return min(requested, declared) if declared and declared < 1_000_000 else requested
 
 
-def load_model_dir(path: str | Path, attentions: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase,
-                                                                        InputSpec]:
-    """A model directory written by codekd (teacher or student): model, tokenizer and input spec.
-
-    `attentions` loads the model with eager attention, which is needed for attention maps.
-    """
+def load_model_dir(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, InputSpec]:
+    """A model directory written by codekd (teacher or student): model, tokenizer and input spec."""
     spec = InputSpec.load(path)
-    kwargs = {"attn_implementation": "eager"} if attentions else {}
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-    return model, load_tokenizer(path), spec
+    return AutoModelForSequenceClassification.from_pretrained(str(path)), load_tokenizer(path), spec
