@@ -95,13 +95,14 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
             batch_size: int = typer.Option(32), max_length: int = typer.Option(512), seed: int = typer.Option(42),
             whitespace: str = typer.Option("collapse"), precision: str = typer.Option("fp32"),
             unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
+            truncation: str = typer.Option("head", help="head (the study) | focus (centre on the task's marker)"),
             resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/")) -> None:
     """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
     from codekd.pipeline import train_teacher
 
     cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
                          "precision": precision}, {})
-    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume)
+    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation)
     out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
     console.print(out_table)
 
@@ -118,6 +119,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             seed: int = typer.Option(None), whitespace: str = typer.Option(None),
             precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
             align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),
+            truncation: str = typer.Option(None, help="head (the study) | focus (centre on the task's marker)"),
             resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     from codekd.pipeline import distill as run_distill
@@ -141,7 +143,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
     m = run_distill(merged["task"], merged["data"], merged["student"], merged["vocab"], merged["method"],
                     merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
-                    hparams=hparams, resume=resume, align=merged.get("align") or "position")
+                    hparams=hparams, resume=resume, align=merged.get("align") or "position",
+                    truncation=merged.get("truncation") or "head")
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))

@@ -41,7 +41,7 @@ class DemoPlan:
     students: tuple[tuple[str, str], ...]
 
 
-FULL = DemoPlan(2000, 300, 300, teacher_epochs=2, student_epochs=5,
+FULL = DemoPlan(1000, 300, 300, teacher_epochs=2, student_epochs=5,
                 students=(("roberta-1.5m", "ft"), ("roberta-1.5m", "kd"), ("gru-1.5m", "ft"), ("gru-1.5m", "kd")))
 FAST = DemoPlan(96, 48, 48, teacher_epochs=1, student_epochs=1, students=(("roberta-1.5m", "ft"),
                                                                          ("roberta-1.5m", "kd")))
@@ -105,7 +105,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
         console.rule("teacher: all-MiniLM-L6-v2 fine-tuned")
         train_teacher("exception", data, minilm_path(), teacher_dir,
                       TrainConfig(epochs=plan.teacher_epochs, lr=1e-4, batch_size=16), max_length=MAX_LENGTH,
-                      resume=True)
+                      resume=True, truncation="focus")
     rows = []
     for student, method in plan.students:
         run_dir = out / f"{student}-{method}"
@@ -113,7 +113,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
             console.rule(f"student {student} by {method}")
             distill("exception", data, student, vocab, method, run_dir,
                     TrainConfig(epochs=plan.student_epochs, lr=1e-3, batch_size=16), teacher=teacher_dir,
-                    max_length=MAX_LENGTH, resume=True)
+                    max_length=MAX_LENGTH, resume=True, truncation="focus")
         m = read_metrics(run_dir)
         rows.append({"student": student, "method": method, "accuracy": m["model"]["accuracy"],
                      "top3_accuracy": m["model"]["top3_accuracy"], "parameters": m["parameters"],

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from codekd.data import Example, normalize_code
+from codekd.data import Example, get_task, normalize_code
 from codekd.io import read_json, write_json
 
 SPEC_FILE = "codekd.json"
@@ -30,6 +30,7 @@ class InputSpec:
     max_length: int = 512
     whitespace: str = "collapse"
     unixcoder_prefix: bool = False
+    truncation: str = "head"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, model_dir: str | Path) -> None:
@@ -69,11 +70,40 @@ def _prefix(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(UNIXCODER_TOKEN), tokenizer.sep_token_id]
 
 
+TRUNCATION = ("head", "focus")
+
+
+def focus_window(tokenizer: PreTrainedTokenizerBase, text: str, marker: str, budget: int) -> str:
+    """The longest run of whole tokens of `text`, centred on `marker`, that fits in `budget` tokens.
+
+    For a function longer than the model's input, head truncation (the study's) can cut away the very
+    part the label depends on (CuBERT's `__HOLE__` lies beyond 128 tokens in 42 % of the exception
+    slice); this keeps the context around it instead. Text without the marker is returned unchanged.
+    """
+    at = text.find(marker)
+    room = budget - tokenizer.num_special_tokens_to_add(pair=False)
+    if at < 0:
+        return text
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= room:
+        return text
+    k = next(i for i, (_, end) in enumerate(offsets) if end > at)
+    start = max(0, min(k - room // 2, len(offsets) - room))
+    return text[offsets[start][0]:offsets[start + room - 1][1]]
+
+
 def _tokenize(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec, **kwargs: Any):
+    if spec.truncation not in TRUNCATION:
+        raise ValueError(f"--truncation {spec.truncation!r}: expected one of {', '.join(TRUNCATION)}")
+    budget = spec.max_length - len(_prefix(tokenizer, spec))
     first = [normalize_code(ex.code, spec.whitespace) for ex in examples]
     pair = bool(examples) and examples[0].code2 is not None
     second = [normalize_code(ex.code2, spec.whitespace) for ex in examples] if pair else None
-    budget = spec.max_length - len(_prefix(tokenizer, spec))
+    if spec.truncation == "focus":
+        marker = get_task(spec.task).focus
+        if marker is None or pair:
+            raise ValueError(f"--truncation focus: task {spec.task!r} has no marker to centre the input on")
+        first = [focus_window(tokenizer, text, marker, budget) for text in first]
     return tokenizer(first, second, truncation=True, max_length=budget, **kwargs)
 
 

@@ -160,18 +160,19 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
 
 def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg: TrainConfig,
                   max_length: int = 512, whitespace: str = "collapse", unixcoder_prefix: str = "auto",
-                  resume: bool = False) -> dict[str, Any]:
+                  resume: bool = False, truncation: str = "head") -> dict[str, Any]:
     """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning)."""
     t = get_task(task)
     out = Path(out)
     config = {"command": "teacher", "task": task, "data": str(data), "model": model, "max_length": max_length,
-              "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, **asdict(cfg)}
+              "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, "truncation": truncation,
+              **asdict(cfg)}
     check_new_output(out)
     splits = load_splits(t, data, whitespace=whitespace)
     set_seed(cfg.seed)
     net, tok = load_pretrained_encoder(model, t)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
-    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, prefix)
+    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, prefix, truncation)
     return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
 
 
@@ -179,7 +180,7 @@ def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str 
             out: str | Path, cfg: TrainConfig, teacher: str | Path | Sequence[str | Path] | None = None,
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
-            align: str = "position") -> dict[str, Any]:
+            align: str = "position", truncation: str = "head") -> dict[str, Any]:
     """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
 
     `teacher` is one fine-tuned teacher directory or several (multi-teacher KD with a logit method:
@@ -195,7 +196,8 @@ def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str 
     hparams = dict(hparams or {})
     config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
               "method": method, "teachers": [str(t) for t in teachers], "teacher_weights": list(teacher_weights or []),
-              "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align, **asdict(cfg)}
+              "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
+              "truncation": truncation, **asdict(cfg)}
     check_new_output(out)
     method_cls = get_method(method)
     if method_cls.teacher_needs and not teachers:
@@ -210,7 +212,8 @@ def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str 
     net = build_student(spec_s, len(t.labels), vocab_size=len(tok), max_positions=max_length + 2)
     net.config.id2label = dict(enumerate(t.labels))
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
-    spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, extra={"student": spec_s.name})
+    spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
+                     extra={"student": spec_s.name})
     return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align)
 
 

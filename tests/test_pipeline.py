@@ -216,3 +216,22 @@ def test_teacher_from_modernbert(small_exception, small_vocab, tmp_path):
                       max_length=64)
     assert m["model"]["n"] == 32 and InputSpec.load(out).unixcoder_prefix is False
     assert AutoModelForSequenceClassification.from_pretrained(out).config.model_type == "modernbert"
+
+
+def test_focus_truncation_keeps_the_hole(small_vocab):
+    from codekd.data import Example
+    from codekd.encoding import focus_window
+
+    tok = AutoTokenizer.from_pretrained(small_vocab)
+    code = "def f():\n" + "    x = compute(x, y)\n" * 80 + "    try:\n        g()\n    except __HOLE__:\n        pass\n" + \
+        "    y = 2\n" * 40
+    head = encode(tok, [Example(code, 0)], InputSpec("exception", 64))[0]["input_ids"]
+    focus = encode(tok, [Example(code, 0)], InputSpec("exception", 64, truncation="focus"))[0]["input_ids"]
+    assert len(head) == 64 and len(focus) <= 64
+    assert "__HOLE__" not in tok.decode(head) and "__HOLE__" in tok.decode(focus)
+    window = focus_window(tok, code, "__HOLE__", 64)
+    assert window in code and len(tok(window)["input_ids"]) <= 64
+    short = "def f():\n    try: g()\n    except __HOLE__: pass"
+    assert focus_window(tok, short, "__HOLE__", 64) == short
+    with pytest.raises(ValueError, match="no marker"):
+        encode(tok, [Example(code, 0)], InputSpec("defect", 64, truncation="focus"))

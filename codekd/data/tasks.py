@@ -30,6 +30,7 @@ class Task:
     labels: tuple[str, ...]
     pair: bool
     headline: str
+    focus: str | None = None  # a marker the label depends on (CuBERT's __HOLE__), for `--truncation focus`
 
     def metrics(self, labels: Sequence[int], probs: np.ndarray) -> dict[str, float]:
         """Score predicted class probabilities `probs` [N, C] against gold class indices `labels` [N].
@@ -62,7 +63,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "defect": Task("defect", ("non-defective", "defective"), pair=False, headline="accuracy"),
     "clone": Task("clone", ("not-clone", "clone"), pair=True, headline="f1"),
-    "exception": Task("exception", EXCEPTION_LABELS, pair=False, headline="accuracy"),
+    "exception": Task("exception", EXCEPTION_LABELS, pair=False, headline="accuracy", focus="__HOLE__"),
 }
 
 
