@@ -84,7 +84,7 @@ def focus_window(tokenizer: PreTrainedTokenizerBase, text: str, marker: str, bud
     room = budget - tokenizer.num_special_tokens_to_add(pair=False)
     if at < 0:
         return text
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     if len(offsets) <= room:
         return text
     k = next(i for i, (_, end) in enumerate(offsets) if end > at)

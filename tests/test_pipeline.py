@@ -223,8 +223,8 @@ def test_focus_truncation_keeps_the_hole(small_vocab):
     from codekd.encoding import focus_window
 
     tok = AutoTokenizer.from_pretrained(small_vocab)
-    code = "def f():\n" + "    x = compute(x, y)\n" * 80 + "    try:\n        g()\n    except __HOLE__:\n        pass\n" + \
-        "    y = 2\n" * 40
+    hole = "    try:\n        g()\n    except __HOLE__:\n        pass\n"
+    code = "def f():\n" + "    x = compute(x, y)\n" * 80 + hole + "    y = 2\n" * 40
     head = encode(tok, [Example(code, 0)], InputSpec("exception", 64))[0]["input_ids"]
     focus = encode(tok, [Example(code, 0)], InputSpec("exception", 64, truncation="focus"))[0]["input_ids"]
     assert len(head) == 64 and len(focus) <= 64
