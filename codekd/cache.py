@@ -1,0 +1,311 @@
+"""Teacher-output cache: a frozen teacher's outputs on one split, computed once and memory-mapped.
+
+Distillation's cost is the teacher. In eval mode under `no_grad` it is deterministic, so its outputs on a
+split can be computed once and reused by every student, method and seed that trains on that split.
+
+A cache lives at `cache_dir(root, cache_key(...))`; the key hashes everything the outputs depend on
+(teacher weights and config, the exact token ids, the stored fields and their precision), so a changed
+input means a different directory and a stale cache is never read. Layout of a cache directory, for N
+examples of n_i tokens (T = Σ n_i), L layers, width H, A attention heads and C classes:
+
+- `lengths.npy`, int64 [N]: tokens per example; example i's token rows are `offsets[i]:offsets[i+1]`
+  with `offsets = [0, cumsum(lengths)]`, and its attention rows likewise from the cumulative sums of n_i².
+- `logits.npy`, float32 [N, C] (always stored, always fp32).
+- `first_token.npy` [N, L+1, H]: each layer's first-token vector (stored with the hidden states too,
+  as `run` gives both).
+- `hidden_states.npy` [T, L+1, H]: every real token's vector at every layer (0: embeddings).
+- `attentions.npy` [Σ n_i², L, A]: example i's (query, key) pairs in query-major order, then layer, head.
+- `owner`: host and process id of the build (tells a later build whether a leftover temporary is stale).
+- `manifest.json`, written last: what the cache holds and what it was built from.
+
+Padding is never stored: `TeacherCache.outputs` pads with zeros, where a live teacher has whatever the
+model computed at pad positions. Losses that mask pads see identical values; ones that do not (e.g.
+CKD's `study_padding=True`) would not, and should run the teacher live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from codekd.encoding import SPEC_FILE, EncodedData, batch_order
+from codekd.io import atomic_dir, read_json, write_json
+from codekd.models.adapters import NEEDS, Outputs, run_frozen
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+FORMAT = 1  # bump when the layout changes: it is part of every key
+MANIFEST = "manifest.json"
+OWNER = "owner"
+DTYPES = {"fp16": (torch.float16, np.float16), "fp32": (torch.float32, np.float32)}
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+CHUNK = 16 * 2**20
+console = Console(stderr=True)
+
+
+def data_fingerprint(items: list[dict]) -> str:
+    """sha256 over the exact token ids (and token types) of every example, in order.
+
+    The ids are what the teacher sees, so this covers the data, the tokenizer, the maximum length,
+    truncation and any prefix at once. Each sequence is length-prefixed, so no two inputs collide.
+    """
+    h = hashlib.sha256()
+    for item in items:
+        for key in ("input_ids", "token_type_ids"):
+            if key in item:
+                ids = np.asarray(item[key], dtype=np.int64)
+                h.update(f"{key}:{ids.size};".encode())
+                h.update(ids.tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def teacher_fingerprint(teacher_dir: str | Path) -> str:
+    """sha256 over the teacher's weight files, `config.json` and `codekd.json` (names and bytes).
+
+    Content, not path: a copied teacher keeps its caches, a re-trained one in the same place does not.
+    """
+    d = Path(teacher_dir)
+    weights = sorted(p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise FileNotFoundError(f"{d}: no weight file (*.safetensors, *.bin)")
+    h = hashlib.sha256()
+    for path in [*weights, d / "config.json", d / SPEC_FILE]:
+        h.update(f"{path.name}:{path.stat().st_size};".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def stored_needs(needs: Sequence[str]) -> tuple[str, ...]:
+    """What a cache for `needs` holds: the logits always, the first-token vectors with the hidden states."""
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"unknown model outputs {sorted(unknown)}; known: {NEEDS}")
+    wanted = {"logits", *needs, *(["first_token"] if "hidden_states" in needs else [])}
+    return tuple(n for n in NEEDS if n in wanted)
+
+
+def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
+               dtype: str, precision: str = "fp32") -> dict[str, Any]:
+    """Everything a cache's content depends on, as names and fingerprints (recorded in its manifest).
+
+    `precision` is the teacher's autocast precision (`TrainConfig.precision`): bf16 outputs differ from
+    fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    needs = stored_needs(needs)
+    return {"format": FORMAT, "teacher": teacher_fingerprint(teacher_dir), "task": task, "split": split,
+            "data": data_fingerprint(items), "needs": list(needs), "dtype": dtype if len(needs) > 1 else "fp32",
+            "precision": precision}
+
+
+def cache_key(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
+              dtype: str, precision: str = "fp32") -> str:
+    """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields or their
+    precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
+    inputs = key_inputs(teacher_dir, task, split, items, needs, dtype, precision)
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def cache_dir(root: str | Path, key: str) -> Path:
+    return Path(root) / key
+
+
+def default_cache_root() -> Path:
+    """`$CODEKD_CACHE`, else `$XDG_CACHE_HOME/codekd`, else `~/.cache/codekd`."""
+    if os.environ.get("CODEKD_CACHE"):
+        return Path(os.environ["CODEKD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codekd"
+
+
+def _offsets(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each example's rows start and end [N+1]: token rows, and (query, key) pair rows."""
+    return np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([[0], np.cumsum(lengths ** 2)])
+
+
+class TeacherCache:
+    """A complete cache directory, memory-mapped: a batch's teacher `Outputs` without the teacher."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+        self.needs: tuple[str, ...] = tuple(manifest["needs"])
+        self.lengths = np.load(path / "lengths.npy")
+        self.offsets, self.pair_offsets = _offsets(self.lengths)
+        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in self.needs}
+
+    @classmethod
+    def open(cls, path: str | Path) -> TeacherCache | None:
+        """The cache at `path`, or None when there is none or it is not complete (no manifest yet)."""
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            return None
+        return cls(path, read_json(path / MANIFEST))
+
+    def covers(self, needs: Sequence[str]) -> bool:
+        return set(needs) <= set(self.needs)
+
+    def _rows(self, name: str, offsets: np.ndarray, i: int) -> Tensor:
+        return torch.from_numpy(np.array(self.arrays[name][offsets[i]:offsets[i + 1]]))
+
+    def outputs(self, index: Tensor, device: torch.device | str = "cpu") -> Outputs:
+        """The teacher's `Outputs` for the examples `index` (a batch's "index"), as `run_frozen` gives them
+        on that batch with dynamic (right) padding: the same shapes, mask and values at real tokens, in
+        float32; zeros at pad positions."""
+        idx = index.tolist()
+        lengths = self.lengths[idx]
+        width, size = int(lengths.max()), len(idx)
+        mask = (torch.arange(width) < torch.from_numpy(lengths)[:, None]).long()
+        out = Outputs(logits=torch.from_numpy(self.arrays["logits"][idx]).to(device), mask=mask.to(device))
+        if "first_token" in self.arrays:
+            first = torch.from_numpy(self.arrays["first_token"][idx]).float().transpose(0, 1).contiguous()
+            out.first_token = tuple(first.to(device).unbind(0))
+        if "hidden_states" in self.arrays:
+            _, layers, hidden = self.arrays["hidden_states"].shape
+            states = torch.zeros(layers, size, width, hidden)
+            for b, i in enumerate(idx):
+                states[:, b, :lengths[b]] = self._rows("hidden_states", self.offsets, i).transpose(0, 1)
+            out.hidden_states = tuple(states.to(device).unbind(0))
+        if "attentions" in self.arrays:
+            _, layers, heads = self.arrays["attentions"].shape
+            attn = torch.zeros(layers, size, heads, width, width)
+            for b, i in enumerate(idx):
+                n = int(lengths[b])
+                attn[:, b, :, :n, :n] = self._rows("attentions", self.pair_offsets, i).view(n, n, layers, heads) \
+                    .permute(2, 3, 0, 1)
+            out.attentions = tuple(attn.to(device).unbind(0))
+        return out
+
+
+def _running(owner: Path) -> bool:
+    """Whether the build that wrote `owner` may still be running (unknown owners are assumed to be)."""
+    try:
+        host, pid = owner.read_text().split()
+        if host != socket.gethostname() or os.name != "posix":
+            return True
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete the temporary siblings (`.name.*.tmp`) that builds killed outright left behind."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        if not _running(tmp / OWNER):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _store(arrays: dict[str, np.ndarray], out: Outputs, indices: list[int], offsets: np.ndarray,
+           pair_offsets: np.ndarray, dtype: torch.dtype) -> None:
+    """Write one batch's outputs, without padding, into the cache's arrays."""
+    def stacked(states: tuple[Tensor, ...], dim: int) -> np.ndarray:
+        return torch.stack([s.to(dtype) for s in states], dim).cpu().numpy()
+
+    arrays["logits"][indices] = out.logits.float().cpu().numpy()
+    if "first_token" in arrays:
+        arrays["first_token"][indices] = stacked(out.first_token, 1)
+    hidden = stacked(out.hidden_states, 2) if "hidden_states" in arrays else None  # (B, N, L+1, H)
+    attn = np.moveaxis(stacked(out.attentions, 4), 1, -1) if "attentions" in arrays else None  # (B, N, N, L, A)
+    for b, i in enumerate(indices):
+        n = offsets[i + 1] - offsets[i]
+        if hidden is not None:
+            arrays["hidden_states"][offsets[i]:offsets[i + 1]] = hidden[b, :n]
+        if attn is not None:
+            arrays["attentions"][pair_offsets[i]:pair_offsets[i + 1]] = attn[b, :n, :n].reshape(n * n, *attn.shape[3:])
+
+
+def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: str | Path,
+                dtype: str = "fp16", budget_bytes: int = 2 * 2**30, batch_size: int = 64,
+                accelerator: Accelerator | None = None, inputs: dict[str, Any] | None = None) -> TeacherCache | None:
+    """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`.
+
+    Returns the cache, or None (having written nothing) when it would exceed `budget_bytes`; the caller
+    then runs the teacher live. The size is known after one forward pass (on the longest batch: batches
+    go longest first, so padding is least and a memory error shows at once). Logits are stored in fp32,
+    the rest in `dtype`. The directory appears only when complete (`atomic_dir`); an existing complete
+    cache at `path` is returned as it is. `accelerator` (`codekd.train.make_accelerator`) sets the device
+    and autocast (default fp32, on the accelerator's default device); `inputs` (`key_inputs`) is recorded
+    in the manifest.
+    """
+    from codekd.train import _to, make_accelerator  # codekd.train uses this module
+
+    path = Path(path)
+    stored = stored_needs(needs)
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    existing = TeacherCache.open(path)
+    if existing is not None and existing.covers(stored):
+        return existing
+    _remove_stale(path)
+    accelerator = accelerator or make_accelerator("fp32")
+    teacher = teacher.to(accelerator.device)
+    items, pad_id = data.views[view]
+    only_view = EncodedData(data.labels, {view: (items, pad_id)})
+    lengths = np.array(data.lengths(view), dtype=np.int64)
+    batches = batch_order(lengths.tolist(), batch_size, bucket=True, chunk=len(items))  # one chunk: longest first
+
+    def forward(indices: list[int]) -> Outputs:
+        with accelerator.autocast():
+            return run_frozen(teacher, _to(only_view.collate(indices)[view], accelerator.device), stored)
+
+    started = time.perf_counter()
+    first = forward(batches[0])
+    n = len(items)
+    offsets, pair_offsets = _offsets(lengths)
+    shapes: dict[str, tuple[int, ...]] = {"logits": (n, first.logits.shape[-1])}
+    if "first_token" in stored:
+        shapes["first_token"] = (n, len(first.first_token), first.first_token[0].shape[-1])
+    if "hidden_states" in stored:
+        shapes["hidden_states"] = (int(offsets[-1]), *shapes["first_token"][1:])
+    if "attentions" in stored:
+        shapes["attentions"] = (int(pair_offsets[-1]), len(first.attentions), first.attentions[0].shape[1])
+    torch_dtype, np_dtype = DTYPES[dtype]
+    dtypes = {name: np.float32 if name == "logits" else np_dtype for name in shapes}
+    size = lengths.nbytes + sum(int(np.prod(s)) * np.dtype(dtypes[k]).itemsize for k, s in shapes.items())
+    if size > budget_bytes:
+        console.print(f"teacher cache: needs {size / 2**30:.2f} GiB, budget {budget_bytes / 2**30:.2f} GiB")
+        return None
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, disable=not accelerator.is_main_process)
+    with atomic_dir(path, replace=True) as tmp, progress:
+        (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        np.save(tmp / "lengths.npy", lengths)
+        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtypes[name], shape=shape)
+                  for name, shape in shapes.items()}
+        bar = progress.add_task(f"caching {view} outputs", total=len(batches))
+        _store(arrays, first, batches[0], offsets, pair_offsets, torch_dtype)
+        del first  # the longest batch's outputs: free them before the next forward
+        progress.advance(bar)
+        for indices in batches[1:]:
+            _store(arrays, forward(indices), indices, offsets, pair_offsets, torch_dtype)
+            progress.advance(bar)
+        for array in arrays.values():
+            array.flush()
+        write_json(tmp / MANIFEST, {
+            "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
+            "needs": list(stored), "dtype": dtype, "precision": accelerator.mixed_precision, "examples": n,
+            "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
+            "build_seconds": round(time.perf_counter() - started, 3)})
+    return TeacherCache.open(path)
