@@ -94,6 +94,7 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
             out: Path = typer.Option(...), epochs: int = typer.Option(5), lr: float = typer.Option(2e-5),
             batch_size: int = typer.Option(32), max_length: int = typer.Option(512), seed: int = typer.Option(42),
             whitespace: str = typer.Option("collapse"), precision: str = typer.Option("fp32"),
+            bucket: bool = typer.Option(True, "--bucket/--no-bucket", help="length-bucketed batches"),
             unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
             truncation: str = typer.Option("head", help="head (the study) | focus (centre on the task's marker)"),
             resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/")) -> None:
@@ -101,7 +102,7 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
     from codekd.pipeline import train_teacher
 
     cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                         "precision": precision}, {})
+                         "precision": precision, "bucket": bucket}, {})
     m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation)
     out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
     console.print(out_table)
@@ -111,13 +112,16 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
 def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typer.Option(None),
             teacher: list[Path] = typer.Option(None, help="fine-tuned teacher directory; repeat for multi-teacher KD"),
             teacher_weights: str = typer.Option(None, help="comma-separated weights of the teachers (default equal)"),
-            student: str = typer.Option(None, help="preset name (codekd presets)"),
+            student: str = typer.Option(None, help="preset name (codekd presets) or a custom shape in YAML, e.g. "
+                                        "'{kind: roberta, hidden_size: 64, num_layers: 2, num_heads: 2, "
+                                        "intermediate_size: 256}'"),
             vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
             epochs: int = typer.Option(None), lr: float = typer.Option(None), batch_size: int = typer.Option(None),
             max_length: int = typer.Option(None), temperature: float = typer.Option(None),
             seed: int = typer.Option(None), whitespace: str = typer.Option(None),
             precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
+            bucket: bool = typer.Option(None, "--bucket/--no-bucket", help="length-bucketed batches (default on)"),
             align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),
             truncation: str = typer.Option(None, help="head (the study) | focus (centre on the task's marker)"),
             resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
@@ -133,6 +137,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
     for key in ("task", "data", "student", "vocab", "method", "out"):
         if merged.get(key) is None:
             _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
+    if isinstance(merged["student"], str) and merged["student"].lstrip().startswith("{"):
+        merged["student"] = yaml.safe_load(merged["student"])
     train_cfg = _train_config(merged, {})
     weights = merged.get("teacher_weights")
     if isinstance(weights, str):

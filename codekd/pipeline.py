@@ -14,7 +14,7 @@ import platform
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from codekd.encoding import (
 )
 from codekd.io import atomic_dir, check_new_output, read_json, write_json
 from codekd.methods import get_method
-from codekd.models import StudentSpec, build_student, count_parameters, get_preset
+from codekd.models import StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
 from codekd.train import TrainConfig, align_view, check_teachers, evaluate, fit, normalized_weights, teacher_view
@@ -176,7 +176,19 @@ def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg:
     return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
 
 
-def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str | Path, method: str,
+def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -> StudentSpec:
+    """A preset name, a `StudentSpec`, or a mapping of custom-shape fields (`{kind: gru, hidden_size: 128,
+    num_layers: 2}`), sized to the student's actual vocabulary."""
+    if isinstance(student, dict):
+        try:
+            return custom_spec(vocab_size=vocab_size, **student)
+        except TypeError as e:
+            raise ValueError(f"--student {student}: {e}") from e
+    spec = student if isinstance(student, StudentSpec) else get_preset(student)
+    return replace(spec, vocab_size=vocab_size)
+
+
+def distill(task: str, data: str | Path, student: str | dict[str, Any] | StudentSpec, vocab: str | Path, method: str,
             out: str | Path, cfg: TrainConfig, teacher: str | Path | Sequence[str | Path] | None = None,
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
@@ -192,7 +204,8 @@ def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str 
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
     t = get_task(task)
     out = Path(out)
-    spec_s = get_preset(student) if isinstance(student, str) else student
+    tok = load_tokenizer(vocab)
+    spec_s = student_spec(student, len(tok))
     hparams = dict(hparams or {})
     config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
               "method": method, "teachers": [str(t) for t in teachers], "teacher_weights": list(teacher_weights or []),
@@ -203,13 +216,12 @@ def distill(task: str, data: str | Path, student: str | StudentSpec, vocab: str 
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
     splits = load_splits(t, data, whitespace=whitespace)
-    tok = load_tokenizer(vocab)
     loaded = [load_model_dir(path) for path in teachers]
     for path, (_, _, tspec) in zip(teachers, loaded, strict=True):
         if tspec.task != task:
             raise ValueError(f"--teacher {path}: trained for task {tspec.task!r}, not {task!r}")
     set_seed(cfg.seed)
-    net = build_student(spec_s, len(t.labels), vocab_size=len(tok), max_positions=max_length + 2)
+    net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
     net.config.id2label = dict(enumerate(t.labels))
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
     spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,

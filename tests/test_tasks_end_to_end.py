@@ -98,3 +98,13 @@ def test_every_method_with_both_student_kinds(method, kind, small_exception, sma
         return
     m = distill(*args, teacher=tiny_teacher, max_length=64)
     assert m["model"]["n"] == 32 and m["history"][0]["train_loss"] == m["history"][0]["train_loss"]  # not NaN
+
+
+def test_cli_config_file_with_custom_student(small_exception, small_vocab, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: exception\ndata: {small_exception}\nvocab: {small_vocab}\nmethod: ft\nepochs: 3\n"
+                      "max_length: 64\nstudent: {kind: gru, hidden_size: 16, num_layers: 2}\n")
+    res = _cli("distill", "--config", config, "--epochs", "1", "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    saved = (tmp_path / "run" / "run.yaml").read_text()
+    assert "epochs: 1" in saved and "kind: gru" in saved and "hidden_size: 16" in saved
