@@ -123,13 +123,19 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
             bucket: bool = typer.Option(None, "--bucket/--no-bucket", help="length-bucketed batches (default on)"),
             align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),
+            cache: bool = typer.Option(True, "--cache/--no-cache", help="cache teacher outputs on the training split"),
+            cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
+            cache_dtype: str = typer.Option("fp16", help="fp16 | fp32 for cached token states (logits: fp32)"),
+            cache_budget_gb: float = typer.Option(2.0, help="largest cache to build; beyond it the teacher runs live"),
             truncation: str = typer.Option(None, help="head (the study) | focus (centre on the task's marker)"),
             resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     from codekd.pipeline import distill as run_distill
 
     cfg = _load_config(config)
-    given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in ("config", "resume")}
+    cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
+    skip = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb")
+    given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in skip}
     merged = {**cfg, **given}
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
     if merged.get("temperature") is not None:
@@ -150,13 +156,38 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
                     merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
                     hparams=hparams, resume=resume, align=merged.get("align") or "position",
-                    truncation=merged.get("truncation") or "head")
+                    truncation=merged.get("truncation") or "head", cache=cache_options)
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))
     console.print(_metrics_table(f"{merged['task']}/test", rows))
     if m["retention"] is not None:
         console.print(f"retention ({m['headline']}): {100 * m['retention']:.1f}%")
+
+
+def _cache_options(enabled: bool, root: Path | None, dtype: str, budget_gb: float):
+    from codekd.pipeline import CacheOptions
+
+    return CacheOptions(enabled, root, dtype, budget_gb)
+
+
+@app.command("cache")
+def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directory"), task: str = typer.Option(...),
+              data: Path = typer.Option(...), split: str = typer.Option("train"),
+              method: str = typer.Option("kd", help="cache what this method needs from the teacher"),
+              cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
+              cache_dtype: str = typer.Option("fp16"), cache_budget_gb: float = typer.Option(2.0),
+              precision: str = typer.Option("fp32")) -> None:
+    """Run a teacher once over a split and cache its outputs for every later distillation run."""
+    from codekd.methods import get_method
+    from codekd.pipeline import cache_teacher
+
+    needs = get_method(method).teacher_needs or ("logits",)
+    built = cache_teacher(teacher, task, data, split, needs,
+                          _cache_options(True, cache_dir, cache_dtype, cache_budget_gb), precision)
+    if built is None:
+        _fail(f"the cache would exceed --cache-budget-gb {cache_budget_gb}; distill will run the teacher live")
+    console.print(f"cache: {built.path} ({', '.join(built.needs)})")
 
 
 @app.command("evaluate")

@@ -14,10 +14,10 @@ import platform
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from codekd.cache import TeacherCache, build_cache, cache_dir, cache_key, default_cache_root, key_inputs
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.encoding import (
     EncodedData,
@@ -40,7 +41,17 @@ from codekd.methods import get_method
 from codekd.models import StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
-from codekd.train import TrainConfig, align_view, check_teachers, evaluate, fit, normalized_weights, teacher_view
+from codekd.train import (
+    TrainConfig,
+    align_view,
+    check_teachers,
+    console,
+    evaluate,
+    fit,
+    make_accelerator,
+    normalized_weights,
+    teacher_view,
+)
 from codekd.vocab import save_vocab, train_vocab, training_texts
 
 hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file load/save bars are noise
@@ -97,29 +108,59 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
     return work
 
 
-Teacher = tuple[PreTrainedModel, PreTrainedTokenizerBase, InputSpec]
+class Teacher(NamedTuple):
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: InputSpec
+    path: Path
+
+
+@dataclass
+class CacheOptions:
+    """Where and how teacher outputs on the training split are cached (see `codekd.cache`)."""
+
+    enabled: bool = True
+    root: Path | None = None  # default: $CODEKD_CACHE, $XDG_CACHE_HOME/codekd or ~/.cache/codekd
+    dtype: str = "fp16"  # token states and first-token vectors; logits are always fp32
+    budget_gb: float = 2.0
+
+
+def teacher_cache(teacher: Teacher, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
+                  options: CacheOptions, precision: str) -> TeacherCache | None:
+    """Open or build the cache of `teacher`'s outputs on `data`; None when it would exceed the budget."""
+    items = data.views[view][0]
+    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision)
+    path = cache_dir(options.root or default_cache_root(), cache_key(teacher.path, task, split, items, needs,
+                                                                     options.dtype, precision))
+    cache = TeacherCache.open(path)
+    if cache is None:
+        cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
+                            accelerator=make_accelerator(precision), inputs=inputs)
+    console.print(f"teacher outputs: {'cached at ' + str(path) if cache else 'over the cache budget: run live'}")
+    return cache
 
 
 def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
          config: dict[str, Any], resume: bool, teachers: Sequence[Teacher] = (),
-         teacher_weights: Sequence[float] | None = None, align: str = "position") -> dict[str, Any]:
+         teacher_weights: Sequence[float] | None = None, align: str = "position",
+         cache: CacheOptions | None = None) -> dict[str, Any]:
     """Train `model` with a method, then test the best epoch and assemble `out` atomically."""
     if align not in ALIGN:
         raise ValueError(f"--align {align!r}: expected one of {', '.join(ALIGN)}")
-    if align == "offsets" and any(t[2].whitespace != spec.whitespace for t in teachers):
+    if align == "offsets" and any(t.spec.whitespace != spec.whitespace for t in teachers):
         raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
-    method = get_method(method_name)(shape_of(model), shape_of(teachers[0][0]) if teachers else None, **hparams)
+    method = get_method(method_name)(shape_of(model), shape_of(teachers[0].model) if teachers else None, **hparams)
     check_teachers(method, len(teachers))
     weights = normalized_weights(teacher_weights, len(teachers))
     prepare(model, method.student_needs)
     for t in teachers:
-        prepare(t[0], method.teacher_needs)
+        prepare(t.model, method.teacher_needs)
     work = _work_dir(out, config, resume)
 
     def data(split: str) -> EncodedData:
         views = {"student": encode_view(tokenizer, splits[split], spec)}
-        for i, (_, tok, tspec) in enumerate(teachers):
+        for i, (_, tok, tspec, _) in enumerate(teachers):
             views[teacher_view(i)] = encode_view(tok, splits[split], tspec)
             if align == "offsets":
                 pairs = zip(token_spans(tokenizer, splits[split], spec), token_spans(tok, splits[split], tspec),
@@ -128,9 +169,14 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         return EncodedData([ex.label for ex in splits[split]], views)
 
     train, valid, test = data("train"), data("valid"), data("test")
+    caches = []
+    if cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
+        caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
+                                cfg.precision) for i, t in enumerate(teachers)]
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
-                 teachers=[t[0] for t in teachers], teacher_weights=weights, resume=resume)
+                 teachers=[t.model for t in teachers], teacher_weights=weights, teacher_caches=caches,
+                 resume=resume)
     best = AutoModelForSequenceClassification.from_pretrained(str(work / "best"))
     metrics: dict[str, Any] = {
         "task": task.name, "split": "test", "headline": task.headline, "method": method_name,
@@ -140,8 +186,8 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         "train_seconds": sum(h["seconds"] for h in result.history)}
     if teachers:
         metrics["teachers"] = [
-            {"metrics": evaluate(t[0], test, task, view=teacher_view(i), batch_size=cfg.eval_batch_size),
-             "parameters": count_parameters(t[0]), "weight": w}
+            {"metrics": evaluate(t.model, test, task, view=teacher_view(i), batch_size=cfg.eval_batch_size),
+             "parameters": count_parameters(t.model), "weight": w}
             for i, (t, w) in enumerate(zip(teachers, weights, strict=True))]
         best_teacher = max(metrics["teachers"], key=lambda t: t["metrics"][task.headline])
         metrics["teacher"] = best_teacher["metrics"]
@@ -192,14 +238,16 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
             out: str | Path, cfg: TrainConfig, teacher: str | Path | Sequence[str | Path] | None = None,
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
-            align: str = "position", truncation: str = "head") -> dict[str, Any]:
+            align: str = "position", truncation: str = "head",
+            cache: CacheOptions | None = None) -> dict[str, Any]:
     """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
 
     `teacher` is one fine-tuned teacher directory or several (multi-teacher KD with a logit method:
     the method's loss against each teacher, weighted by `teacher_weights`, equal by default). The
     retention in the metrics is relative to the best teacher on the test split. `align` pairs
     student and teacher tokens for token-level methods: `position` (the study: i-th with i-th) or
-    `offsets` (the teacher token covering the same source characters).
+    `offsets` (the teacher token covering the same source characters). Teacher outputs on the
+    training split are cached on disk (`cache`, on by default) and reused by later runs.
     """
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
     t = get_task(task)
@@ -216,8 +264,8 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
     splits = load_splits(t, data, whitespace=whitespace)
-    loaded = [load_model_dir(path) for path in teachers]
-    for path, (_, _, tspec) in zip(teachers, loaded, strict=True):
+    loaded = [Teacher(*load_model_dir(path), Path(path)) for path in teachers]
+    for path, (_, _, tspec, _) in zip(teachers, loaded, strict=True):
         if tspec.task != task:
             raise ValueError(f"--teacher {path}: trained for task {tspec.task!r}, not {task!r}")
     set_seed(cfg.seed)
@@ -226,7 +274,29 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
     spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
                      extra={"student": spec_s.name})
-    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align)
+    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align,
+                CacheOptions() if cache is None else cache)
+
+
+def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str = "train",
+                  needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
+                  precision: str = "fp32") -> TeacherCache | None:
+    """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation.
+
+    `distill` finds it by content: same teacher, same token ids, same stored fields and precision.
+    """
+    options = options or CacheOptions()
+    t = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    examples = load_split(t, data, split, whitespace="keep")
+    loaded = Teacher(*load_model_dir(teacher), Path(teacher))
+    if loaded.spec.task != task:
+        raise ValueError(f"--teacher {teacher}: trained for task {loaded.spec.task!r}, not {task!r}")
+    prepare(loaded.model, needs)
+    encoded = EncodedData([ex.label for ex in examples],
+                          {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, precision)
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from codekd.cache import TeacherCache
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
 from codekd.methods import Method
@@ -150,19 +151,19 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module], weights: Sequence[float],
-                 cached: list[torch.Tensor] | None, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+                 caches: Sequence[TeacherCache | None], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The method's losses; with several teachers, their weighted sum (one term per teacher)."""
     if not method.teacher_needs:
         return method(student, None, batch["labels"])
     total: dict[str, torch.Tensor] = {}
     for i, (teacher, weight) in enumerate(zip(teachers, weights, strict=True)):
-        view = batch[teacher_view(i)]
-        if cached is not None:
-            t_out = Outputs(logits=cached[i][batch["index"]], mask=view["attention_mask"])
+        cache = caches[i] if caches else None
+        if cache is not None:
+            t_out = cache.outputs(batch["index"], student.logits.device)
         else:
-            t_out = run_frozen(teacher, view, method.teacher_needs)
-            if align_view(i) in batch:
-                t_out = align_to(t_out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
+            t_out = run_frozen(teacher, batch[teacher_view(i)], method.teacher_needs)
+        if align_view(i) in batch:
+            t_out = align_to(t_out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
         for key, value in method(student, t_out, batch["labels"]).items():
             total[key] = total.get(key, 0.0) + weight * value
     return total
@@ -171,11 +172,12 @@ def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module]
 def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedData, task: Task,
         cfg: TrainConfig, work_dir: str | Path, save_best: Callable[[nn.Module], None],
         teachers: Sequence[nn.Module] = (), teacher_weights: Sequence[float] | None = None,
-        resume: bool = False) -> FitResult:
+        teacher_caches: Sequence[TeacherCache | None] = (), resume: bool = False) -> FitResult:
     """Train `student` with `method`, against frozen `teachers` when the method uses one.
 
     Several teachers (multi-teacher KD) contribute the method's loss each, weighted by
-    `teacher_weights` (normalised to sum to 1; equal by default).
+    `teacher_weights` (normalised to sum to 1; equal by default). A teacher with a cache of its
+    outputs on `train` (`codekd.cache`) is not run at all.
 
     `save_best` is called with the student whenever the validation headline metric improves.
     With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if it
@@ -197,13 +199,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
         teacher.requires_grad_(False)
     weights = normalized_weights(teacher_weights, len(teachers))
 
-    # A frozen teacher in eval mode is deterministic: when a method needs only its logits, compute them
-    # once for the whole training split instead of once per epoch.
     check_teachers(method, len(teachers))
-    teacher_logits = None
-    if teachers and tuple(method.teacher_needs) == ("logits",):
-        teacher_logits = [logits_of(t, train, teacher_view(i), cfg.eval_batch_size, accelerator)
-                          for i, t in enumerate(teachers)]
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
     start_epoch = 1
@@ -232,7 +228,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             for batch in accelerator.prepare_data_loader(batches):
                 with accelerator.autocast():
                     s_out = run(student, batch["student"], method.student_needs)
-                    losses = _method_loss(method, s_out, teachers, weights, teacher_logits, batch)
+                    losses = _method_loss(method, s_out, teachers, weights, teacher_caches, batch)
                 accelerator.backward(losses["loss"])
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -2,12 +2,14 @@
 Hugging Face network access; `shared_data` points at the project's shared real datasets when present."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["CODEKD_CACHE"] = tempfile.mkdtemp(prefix="codekd-test-cache-")  # never the user's cache
 torch.set_num_threads(1)
 
 

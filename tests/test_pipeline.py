@@ -248,3 +248,23 @@ def test_demo_fast_with_the_real_pretrained_teacher(tmp_path):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     again = run_demo(tmp_path / "demo", fast=True)  # every step is already done: only the table is rebuilt
     assert again["students"] == first["students"] and again["wall_seconds_this_invocation"] < 30
+
+
+@pytest.mark.parametrize("method,dtype,tol", [("kd", "fp16", 1e-6), ("pkd", "fp32", 1e-5), ("pkd", "fp16", 1e-3)])
+def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vocab, tiny_teacher, tmp_path,
+                                                      method, dtype, tol):
+    from codekd.pipeline import CacheOptions
+
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16)
+    args = ("exception", small_exception, TINY_ROBERTA, small_vocab, method)
+    live = distill(*args, tmp_path / "live", cfg, teacher=tiny_teacher, max_length=64,
+                   cache=CacheOptions(enabled=False))
+    options = CacheOptions(root=tmp_path / "cache", dtype=dtype)
+    cached = distill(*args, tmp_path / "cached", cfg, teacher=tiny_teacher, max_length=64, cache=options)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    again = distill(*args, tmp_path / "again", cfg, teacher=tiny_teacher, max_length=64, cache=options)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # reused, not rebuilt
+    for run in (cached, again):
+        for a, b in zip(run["history"], live["history"], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=tol)
+    assert again["model"] == cached["model"]

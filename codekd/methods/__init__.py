@@ -44,6 +44,10 @@ class Method(nn.Module):
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def teacher_cacheable(self) -> bool:
+        """Whether cached teacher outputs (zeros at pad positions) give the same loss as a live teacher."""
+        return True
+
 
 def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     """Option values arrive as YAML scalars or strings ("0.5", "true"); give them the default's type."""

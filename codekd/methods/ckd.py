@@ -38,6 +38,10 @@ class ContextualKD(Method):
             student, teacher, self.hp["layers"], embeddings=True
         )
 
+    def teacher_cacheable(self) -> bool:
+        """The study's padding mode reads the teacher's states at pad positions, which a cache does not keep."""
+        return not self.hp["study_padding"]
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         logit = losses.kd_loss(student.logits, teacher.logits, labels, self.hp["temperature"],
                                self.hp["alpha"], t_squared=True)

@@ -1,0 +1,234 @@
+"""Predicting with a shipped model: a PyTorch checkpoint directory or an ONNX export of one.
+
+Every input goes through `codekd.encoding.encode` with the `codekd.json` saved next to the model, so a
+prediction sees exactly the preprocessing the model was trained with (whitespace mode, truncation mode,
+maximum length, UniXcoder prefix). Input is JSONL with the task's field names (`func` or `function`;
+`func1` and `func2` for clone pairs; any label field is ignored) or raw source files, one function per
+file. A bad input line is a `DataError` naming `<input>:<line>`; `skip_bad` collects them instead, so
+a large batch job reports its few bad lines and predicts the rest.
+
+ONNX directories (written by `codekd export`, detected by their `model.onnx`) need the optional
+`onnxruntime` dependency (`pip install codekd[deploy]`); it is imported only when one is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from codekd.data import DataError, Example, get_task, normalize_code
+from codekd.data.readers import _code, _Invalid
+from codekd.encoding import InputSpec, encode, load_tokenizer, pad_batch
+from codekd.models.adapters import run_frozen
+from codekd.models.teacher import load_model_dir
+
+hf_logging.disable_progress_bar()  # per-file load bars on stderr would mix with --skip-bad's reports
+
+ONNX_FILE = "model.onnx"
+UNLABELLED = -1  # the label of an Example read for prediction
+
+Batch = dict[str, torch.Tensor]
+Forward = Callable[[Batch], np.ndarray]
+
+
+def torch_forward(model: PreTrainedModel) -> Forward:
+    """Logits [B, C] (fp32, numpy) of a PyTorch model on one padded batch, in eval mode without gradients."""
+    return lambda batch: run_frozen(model, batch, ("logits",)).logits.float().numpy()
+
+
+def require_deploy(module: str) -> ModuleType:
+    """Import an optional `deploy` dependency, or say how to install it (a user error, not a crash)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{module} is not installed: ONNX export and ONNX models need "
+                         "`pip install codekd[deploy]`") from None
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session; `threads` sets its intra-op threads (None: ONNX Runtime's default)."""
+    ort = require_deploy("onnxruntime")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_forward(session: Any) -> Forward:
+    """Logits [B, C] of an ONNX Runtime session on one padded batch (it takes the inputs it was exported with)."""
+    names = [i.name for i in session.get_inputs()]
+    return lambda batch: session.run(None, {name: batch[name].numpy() for name in names})[0]
+
+
+def _example(pair: bool, rec: Any, whitespace: str, source: str) -> Example:
+    """An unlabelled Example from one record, validated as the data readers do; raises `_Invalid`."""
+    if not isinstance(rec, dict):
+        raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+    keys = ("func1", "func2") if pair else ("function",) if "function" in rec else ("func",)
+    for key in keys:
+        if key not in rec:
+            raise _Invalid(f"missing field {key!r}" + ("" if pair else " (or 'function')"))
+    codes = [_code(rec, key, whitespace) for key in keys]
+    return Example(codes[0], UNLABELLED, codes[1] if pair else None, source)
+
+
+def read_jsonl(lines: Iterable[str], name: str, spec: InputSpec) -> tuple[list[Example], list[DataError]]:
+    """The functions of JSONL `lines` (blank lines skipped) and a `DataError` for each bad line.
+
+    `name` is what errors call the input (a path or `<stdin>`); line numbers are 1-based.
+    """
+    pair = get_task(spec.task).pair
+    examples, errors = [], []
+    try:
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(_example(pair, json.loads(line), spec.whitespace, f"{name}:{n}"))
+            except json.JSONDecodeError as e:
+                errors.append(DataError(name, f"bad JSON: {e.msg} (column {e.colno})", n))
+            except _Invalid as e:
+                errors.append(DataError(name, str(e), n))
+    except UnicodeDecodeError as e:
+        errors.append(DataError(name, f"not UTF-8 text: {e.reason}"))
+    return examples, errors
+
+
+def read_sources(paths: Sequence[Path], spec: InputSpec) -> tuple[list[Example], list[DataError]]:
+    """One function per raw source file (single-function tasks only) and a `DataError` for each bad file."""
+    if get_task(spec.task).pair:
+        raise ValueError(f"raw source files work for single-function tasks only; give {spec.task} pairs as JSONL "
+                         "lines with func1 and func2")
+    examples, errors = [], []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                code = normalize_code(f.read(), spec.whitespace)
+        except UnicodeDecodeError as e:
+            errors.append(DataError(path, f"not UTF-8 text: {e.reason}"))
+            continue
+        except OSError as e:
+            errors.append(DataError(path, f"cannot read: {e.strerror}"))
+            continue
+        if code.strip():
+            examples.append(Example(code, UNLABELLED, None, str(path)))
+        else:
+            errors.append(DataError(path, "no code (the file is empty)"))
+    return examples, errors
+
+
+class Predictor:
+    """Class probabilities of a shipped model for raw functions, with the model's own preprocessing.
+
+    `Predictor.from_pretrained(DIR)(["def f(): ..."])` gives one `{"label": NAME, "probs": {class: p}}` per
+    input (for clone, inputs are `(code1, code2)` tuples). Works on CPU for teachers and both student kinds.
+    """
+
+    def __init__(self, forward: Forward, tokenizer: PreTrainedTokenizerBase, spec: InputSpec,
+                 batch_size: int = 32) -> None:
+        self.forward, self.tokenizer, self.spec, self.batch_size = forward, tokenizer, spec, batch_size
+        self.task = get_task(spec.task)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, batch_size: int = 32, threads: int | None = None) -> Predictor:
+        """Load a codekd model directory: an ONNX export (has `model.onnx`) or a PyTorch checkpoint.
+
+        `threads` is ONNX Runtime's intra-op thread count; PyTorch uses `torch.get_num_threads()`.
+        """
+        model_dir = Path(model_dir)
+        if (model_dir / ONNX_FILE).is_file():
+            forward = onnx_forward(ort_session(model_dir / ONNX_FILE, threads))
+            return cls(forward, load_tokenizer(model_dir), InputSpec.load(model_dir), batch_size)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir}: neither {ONNX_FILE} (ONNX export) nor config.json "
+                                    "(PyTorch checkpoint) is there")
+        model, tokenizer, spec = load_model_dir(model_dir)
+        return cls(torch_forward(model), tokenizer, spec, batch_size)
+
+    def batches(self, examples: Sequence[Example], batch_size: int | None = None) -> Iterable[Batch]:
+        """Padded batches (of `batch_size`, default the predictor's) of the encoded examples, in order.
+
+        Padding is the training's (`pad_batch`), so a batch is what the model saw while it was trained.
+        """
+        size = batch_size or self.batch_size
+        items = encode(self.tokenizer, examples, self.spec)
+        for start in range(0, len(items), size):
+            yield pad_batch(items[start:start + size], self.tokenizer.pad_token_id)
+
+    def probs(self, examples: Sequence[Example]) -> np.ndarray:
+        """Class probabilities [N, C] of the examples, in order."""
+        if not examples:
+            return np.zeros((0, len(self.task.labels)), dtype=np.float32)
+        logits = torch.from_numpy(np.concatenate([self.forward(b) for b in self.batches(examples)]))
+        return torch.softmax(logits.float(), dim=-1).numpy()
+
+    def predict(self, examples: Sequence[Example], top_k: int = 3) -> list[dict[str, Any]]:
+        """`{"label", "probs"}` per example; `probs` holds both classes of a binary task, else the top `top_k`."""
+        if top_k < 1:
+            raise ValueError(f"--top-k {top_k}: expected at least 1")
+        labels = self.task.labels
+        k = len(labels) if len(labels) == 2 else min(top_k, len(labels))
+        out = []
+        for p in self.probs(examples):
+            order = np.argsort(-p, kind="stable")[:k]
+            out.append({"label": labels[order[0]], "probs": {labels[i]: float(p[i]) for i in order}})
+        return out
+
+    def __call__(self, inputs: Sequence[str | tuple[str, str]], top_k: int = 3) -> list[dict[str, Any]]:
+        """Predict raw functions (strings; `(code1, code2)` tuples for clone). A bad item is a ValueError."""
+        examples = []
+        for i, item in enumerate(inputs):
+            if self.task.pair and not (isinstance(item, tuple | list) and len(item) == 2):
+                raise ValueError(f"input item {i}: task {self.task.name!r} takes (code1, code2) pairs")
+            rec = {"func1": item[0], "func2": item[1]} if self.task.pair else {"func": item}
+            try:
+                examples.append(_example(self.task.pair, rec, self.spec.whitespace, f"item {i}"))
+            except _Invalid as e:
+                raise ValueError(f"input item {i}: {e}") from None
+        return self.predict(examples, top_k)
+
+
+def predict_command(
+    model: Annotated[Path, typer.Option(help="model directory: PyTorch checkpoint or ONNX export")],
+    files: Annotated[list[Path] | None, typer.Argument(metavar="FILES", help="raw source files, one function each "
+                                                           "(single-function tasks only)")] = None,
+    task: Annotated[str | None, typer.Option(help="must match the model's task, when given")] = None,
+    input_: Annotated[str | None, typer.Option("--input", help="JSONL file, or - for standard input "
+                                                              "(the default without FILES)")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="classes to list per input (multi-class tasks)")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    skip_bad: Annotated[bool, typer.Option(help="report bad inputs on stderr and predict the rest")] = False,
+) -> None:
+    """Predict functions with a trained model: one JSON line {"label", "probs"} per input on stdout."""
+    predictor = Predictor.from_pretrained(model, batch_size)
+    if task is not None and task != predictor.spec.task:
+        raise ValueError(f"--task {task}: the model at {model} was trained for task {predictor.spec.task!r}")
+    if files and input_ is not None:
+        raise ValueError("give either --input or raw source FILES, not both")
+    if files:
+        examples, errors = read_sources(files, predictor.spec)
+    elif input_ in (None, "-"):
+        examples, errors = read_jsonl(sys.stdin, "<stdin>", predictor.spec)
+    else:
+        try:
+            with open(input_, encoding="utf-8") as f:
+                examples, errors = read_jsonl(f, input_, predictor.spec)
+        except OSError as e:
+            raise DataError(input_, f"cannot read: {e.strerror}") from None
+    if errors and not skip_bad:
+        raise errors[0]
+    for e in errors:
+        typer.echo(f"skipped {e}", err=True)
+    for result in predictor.predict(examples, top_k):
+        typer.echo(json.dumps(result))
