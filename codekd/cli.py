@@ -120,7 +120,9 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             epochs: int = typer.Option(None), lr: float = typer.Option(None), batch_size: int = typer.Option(None),
             max_length: int = typer.Option(None), temperature: float = typer.Option(None),
             seed: int = typer.Option(None), whitespace: str = typer.Option(None),
-            precision: str = typer.Option(None), max_grad_norm: float = typer.Option(None),
+            precision: str = typer.Option(None, help="student training: fp32 | bf16 | fp16 (CUDA)"),
+            teacher_precision: str = typer.Option(None, help="teacher inference: auto (bf16 where supported) | fp32"),
+            max_grad_norm: float = typer.Option(None),
             bucket: bool = typer.Option(None, "--bucket/--no-bucket", help="length-bucketed batches (default on)"),
             align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),
             cache: bool = typer.Option(True, "--cache/--no-cache", help="cache teacher outputs on the training split"),
@@ -177,7 +179,8 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
               method: str = typer.Option("kd", help="cache what this method needs from the teacher"),
               cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
               cache_dtype: str = typer.Option("fp16"), cache_budget_gb: float = typer.Option(2.0),
-              precision: str = typer.Option("fp32")) -> None:
+              precision: str = typer.Option("auto", help="teacher inference: auto (bf16 where supported) | fp32 | bf16")
+              ) -> None:
     """Run a teacher once over a split and cache its outputs for every later distillation run."""
     from codekd.methods import get_method
     from codekd.pipeline import cache_teacher

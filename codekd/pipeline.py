@@ -50,6 +50,7 @@ from codekd.train import (
     fit,
     make_accelerator,
     normalized_weights,
+    teacher_precision,
     teacher_view,
 )
 from codekd.vocab import save_vocab, train_vocab, training_texts
@@ -172,7 +173,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     caches = []
     if cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
-                                cfg.precision) for i, t in enumerate(teachers)]
+                                teacher_precision(cfg.teacher_precision)) for i, t in enumerate(teachers)]
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
                  teachers=[t.model for t in teachers], teacher_weights=weights, teacher_caches=caches,
@@ -280,7 +281,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
 
 def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str = "train",
                   needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
-                  precision: str = "fp32") -> TeacherCache | None:
+                  precision: str = "auto") -> TeacherCache | None:
     """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation.
 
     `distill` finds it by content: same teacher, same token ids, same stored fields and precision.
@@ -296,7 +297,7 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
-    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, precision)
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, teacher_precision(precision))
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",

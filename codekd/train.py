@@ -33,6 +33,7 @@ from codekd.models.adapters import Outputs, align_to, run, run_frozen
 
 console = Console(stderr=True)
 CHECKPOINT = "checkpoint.pt"
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -47,7 +48,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping (the study's code never clips, by accident)
     seed: int = 42
-    precision: str = "fp32"
+    precision: str = "fp32"  # the student's training precision
+    teacher_precision: str = "auto"  # the frozen teacher's inference: bf16 where supported, else fp32
     bucket: bool = True  # group similar lengths into batches (less padding); False = plain random batches
 
 
@@ -83,12 +85,44 @@ def check_teachers(method: Method, n: int) -> None:
         raise ValueError(f"method {method.name!r} compares features; several teachers work with logit methods only")
 
 
+def bf16_supported() -> bool:
+    """bf16 on this device: a GPU that has it, or a CPU whose oneDNN has bf16 kernels (AVX-512 BF16 / AMX).
+
+    Without them CPU bf16 is emulated and several times slower than fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(precision: str, option: str = "--precision") -> str:
+    """`precision` if this machine supports it, else a clear error."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{option} {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError(f"{option} fp16 needs a CUDA GPU (it trains with a grad scaler); use fp32 or bf16")
+    if precision == "bf16" and not bf16_supported():
+        raise ValueError(f"{option} bf16: this {'GPU' if torch.cuda.is_available() else 'CPU'} has no native bf16 "
+                         "support (it would be emulated, slower than fp32); use fp32")
+    return precision
+
+
+def teacher_precision(precision: str) -> str:
+    """The teacher's inference precision: `auto` is bf16 where supported, else fp32."""
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return check_precision(precision, "--teacher-precision")
+
+
+def teacher_autocast(precision: str, device: torch.device):
+    """Autocast for the frozen teacher's forward, independent of the student's precision."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+
+
 def make_accelerator(precision: str) -> Accelerator:
     """An Accelerator for `fp32`, `bf16` or `fp16` (fp16 needs CUDA, where a grad scaler is used)."""
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    check_precision(precision)
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
 
 
@@ -151,7 +185,8 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module], weights: Sequence[float],
-                 caches: Sequence[TeacherCache | None], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+                 caches: Sequence[TeacherCache | None], batch: dict[str, Any],
+                 precision: str) -> dict[str, torch.Tensor]:
     """The method's losses; with several teachers, their weighted sum (one term per teacher)."""
     if not method.teacher_needs:
         return method(student, None, batch["labels"])
@@ -161,7 +196,8 @@ def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module]
         if cache is not None:
             t_out = cache.outputs(batch["index"], student.logits.device)
         else:
-            t_out = run_frozen(teacher, batch[teacher_view(i)], method.teacher_needs)
+            with teacher_autocast(precision, student.logits.device):
+                t_out = run_frozen(teacher, batch[teacher_view(i)], method.teacher_needs)
         if align_view(i) in batch:
             t_out = align_to(t_out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
         for key, value in method(student, t_out, batch["labels"]).items():
@@ -200,6 +236,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     weights = normalized_weights(teacher_weights, len(teachers))
 
     check_teachers(method, len(teachers))
+    t_precision = teacher_precision(cfg.teacher_precision)
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
     start_epoch = 1
@@ -228,7 +265,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             for batch in accelerator.prepare_data_loader(batches):
                 with accelerator.autocast():
                     s_out = run(student, batch["student"], method.student_needs)
-                    losses = _method_loss(method, s_out, teachers, weights, teacher_caches, batch)
+                    losses = _method_loss(method, s_out, teachers, weights, teacher_caches, batch, t_precision)
                 accelerator.backward(losses["loss"])
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

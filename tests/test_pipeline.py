@@ -268,3 +268,20 @@ def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vo
         for a, b in zip(run["history"], live["history"], strict=True):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=tol)
     assert again["model"] == cached["model"]
+
+
+def test_precision_options_are_checked(monkeypatch):
+    from codekd import train
+
+    with pytest.raises(ValueError, match="expected one of"):
+        train.check_precision("fp8")
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        train.make_accelerator("fp16")
+    monkeypatch.setattr(train, "bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16"):
+        train.make_accelerator("bf16")
+    assert train.teacher_precision("auto") == "fp32"
+    monkeypatch.setattr(train, "bf16_supported", lambda: True)
+    assert train.teacher_precision("auto") == "bf16"
+    assert train.check_precision("bf16") == "bf16"
