@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test bench clean
 
 # (Re)install only when the pins or the package metadata change; safe to run any number of times.
 $(STAMP): requirements.txt pyproject.toml
@@ -24,7 +24,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_cost.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_cost.py --out bench-out/cost
 
 clean:
 	rm -rf $(VENV) build *.egg-info
