@@ -78,6 +78,8 @@ def main() -> None:
         size = sum(f.stat().st_size for f in cache.path.iterdir())
         builds[method] = {"seconds": time.perf_counter() - started, "mb": size / 1e6, "needs": list(cache.needs)}
 
+    epoch("warm-up", "ft", cached=False)  # first-run costs (allocator, thread pools) stay out of the figures
+    del results["warm-up"]
     epoch("ft", "ft", cached=False)
     epoch("kd-live", "kd", cached=False)
     epoch("kd-cached", "kd", cached=True)
