@@ -68,7 +68,7 @@ def main() -> None:
         m = distill("exception", data, args.student, vocab, method, args.out / name, cfg,
                     teacher=None if method == "ft" else teacher, max_length=args.max_length,
                     cache=CacheOptions(enabled=cached, root=cache_root))
-        results[name] = {"epoch_seconds": m["history"][0]["seconds"]}
+        results[name] = {"epoch_seconds": m["history"][0]["train_seconds"]}
 
     builds = {}
     for method in ("kd", "pkd"):

@@ -276,8 +276,9 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 loss_sum += losses["loss"].item() * len(batch["labels"])
                 rate = seen / (time.perf_counter() - started)
                 progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:.1f} ex/s")
+            train_seconds = time.perf_counter() - started
             metrics = evaluate(student, valid, task, batch_size=cfg.eval_batch_size, accelerator=accelerator)
-            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_seconds": train_seconds,
                       "seconds": time.perf_counter() - started, "valid": metrics}
             result.history.append(record)
             score = metrics[task.headline]
