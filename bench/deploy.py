@@ -113,10 +113,10 @@ def table(rows: list[dict[str, Any]], headline: str) -> str:
     for r in rows:
         metric = "n/a" if r["metric"] is None else f"{r['metric']:.4f}"
         retention = "n/a" if r["metric"] is None or not ref["metric"] else f"{100 * r['metric'] / ref['metric']:.1f}%"
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['size_mb']:.2f} | {ref['size_mb'] / r['size_mb']:.1f} "
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['size_mb']:.2f} | {ref['size_mb'] / r['size_mb']:.3g} "
                      f"| {r['median_tokens']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} "
-                     f"| {ref['p50_ms'] / r['p50_ms']:.1f} | {r['throughput']:.1f} "
-                     f"| {r['throughput'] / ref['throughput']:.1f} | {metric} | {retention} |")
+                     f"| {ref['p50_ms'] / r['p50_ms']:.3g} | {r['throughput']:.1f} "
+                     f"| {r['throughput'] / ref['throughput']:.3g} | {metric} | {retention} |")
     return "\n".join(lines)
 
 

@@ -46,7 +46,8 @@ ONNX_META = "onnx.json"
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over the fp32 logits
 QUANTIZE = ("int8",)
 CHECK_EXAMPLES = 16  # real test examples in the check batch
-SYNTHETIC = (
+SYNTHETIC = (  # from a few tokens to longer than any max length, so the traced batch has padding
+    "pass",
     "def f(x):\n    return x + 1",
     "def total(items):\n    result = 0\n    for item in items:\n        try:\n            result += item.value\n"
     "        except __HOLE__:\n            pass\n    return result",
@@ -70,7 +71,7 @@ class _Logits(nn.Module):
 
 
 def synthetic_examples(pair: bool) -> list[Example]:
-    """Functions of very different lengths (one longer than any max length), as pairs for pair tasks."""
+    """Functions of very different lengths (the longest beyond any max length), as pairs for pair tasks."""
     codes = list(SYNTHETIC)
     return [Example(a, 0, b if pair else None, "synthetic") for a, b in zip(codes, codes[::-1], strict=True)]
 

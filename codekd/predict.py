@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from codekd.data import DataError, Example, get_task, normalize_code
 from codekd.data.readers import _code, _Invalid
-from codekd.encoding import InputSpec, encode, load_tokenizer, pad_batch
+from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
 
@@ -156,22 +156,25 @@ class Predictor:
         model, tokenizer, spec = load_model_dir(model_dir)
         return cls(torch_forward(model), tokenizer, spec, batch_size)
 
-    def batches(self, examples: Sequence[Example], batch_size: int | None = None) -> Iterable[Batch]:
+    def _batches(self, examples: Sequence[Example], batch_size: int, bucket: bool) -> Iterator[tuple[list[int], Batch]]:
+        """(example indices, padded batch) pairs; `bucket` groups similar lengths as evaluation does."""
+        items = encode(self.tokenizer, examples, self.spec) if examples else []
+        for indices in batch_order([len(item["input_ids"]) for item in items], batch_size, bucket=bucket):
+            yield indices, pad_batch([items[i] for i in indices], self.tokenizer.pad_token_id)
+
+    def batches(self, examples: Sequence[Example], batch_size: int | None = None) -> Iterator[Batch]:
         """Padded batches (of `batch_size`, default the predictor's) of the encoded examples, in order.
 
         Padding is the training's (`pad_batch`), so a batch is what the model saw while it was trained.
         """
-        size = batch_size or self.batch_size
-        items = encode(self.tokenizer, examples, self.spec)
-        for start in range(0, len(items), size):
-            yield pad_batch(items[start:start + size], self.tokenizer.pad_token_id)
+        return (batch for _, batch in self._batches(examples, batch_size or self.batch_size, bucket=False))
 
     def probs(self, examples: Sequence[Example]) -> np.ndarray:
-        """Class probabilities [N, C] of the examples, in order."""
-        if not examples:
-            return np.zeros((0, len(self.task.labels)), dtype=np.float32)
-        logits = torch.from_numpy(np.concatenate([self.forward(b) for b in self.batches(examples)]))
-        return torch.softmax(logits.float(), dim=-1).numpy()
+        """Class probabilities [N, C] of the examples, in order (computed in length-bucketed batches)."""
+        logits = np.zeros((len(examples), len(self.task.labels)), dtype=np.float32)
+        for indices, batch in self._batches(examples, self.batch_size, bucket=True):
+            logits[indices] = self.forward(batch)
+        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
     def predict(self, examples: Sequence[Example], top_k: int = 3) -> list[dict[str, Any]]:
         """`{"label", "probs"}` per example; `probs` holds both classes of a binary task, else the top `top_k`."""
@@ -228,6 +231,8 @@ def predict_command(
             raise DataError(input_, f"cannot read: {e.strerror}") from None
     if errors and not skip_bad:
         raise errors[0]
+    if not examples and not errors:
+        raise ValueError("no functions to predict: the input is empty")
     for e in errors:
         typer.echo(f"skipped {e}", err=True)
     for result in predictor.predict(examples, top_k):

@@ -133,6 +133,8 @@ def test_clone_pairs(clone_model, tmp_path):
 def test_refusals(student, tmp_path):
     res = _cli("--model", str(student), "--task", "defect", input="")
     assert "--task defect: the model at" in str(res.exception) and "'exception'" in str(res.exception)
+    assert str(_cli("--model", str(student), input="\n\n").exception) == "no functions to predict: the input is empty"
+    assert Predictor.from_pretrained(student)([]) == []
     (tmp_path / "empty.py").write_text(" \n")
     res = _cli("--model", str(student), str(tmp_path / "empty.py"))
     assert str(res.exception) == f"{tmp_path / 'empty.py'}: no code (the file is empty)"
