@@ -235,6 +235,13 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="directory for the demo
     run_demo(out, fast=fast)
 
 
+from codekd.export import export_command  # noqa: E402
+from codekd.predict import predict_command  # noqa: E402
+
+app.command("predict")(predict_command)
+app.command("export")(export_command)
+
+
 def main() -> None:
     """Entry point: user errors (bad data, options, existing outputs) give one line and exit code 2."""
     try:

