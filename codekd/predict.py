@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from codekd.data import DataError, Example, get_task, normalize_code
-from codekd.data.readers import _code, _Invalid
+from codekd.data.readers import InvalidRecord, record_code
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
@@ -72,14 +72,14 @@ def onnx_forward(session: Any) -> Forward:
 
 
 def _example(pair: bool, rec: Any, whitespace: str, source: str) -> Example:
-    """An unlabelled Example from one record, validated as the data readers do; raises `_Invalid`."""
+    """An unlabelled Example from one record, validated as the data readers do; raises `InvalidRecord`."""
     if not isinstance(rec, dict):
-        raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+        raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
     keys = ("func1", "func2") if pair else ("function",) if "function" in rec else ("func",)
     for key in keys:
         if key not in rec:
-            raise _Invalid(f"missing field {key!r}" + ("" if pair else " (or 'function')"))
-    codes = [_code(rec, key, whitespace) for key in keys]
+            raise InvalidRecord(f"missing field {key!r}" + ("" if pair else " (or 'function')"))
+    codes = [record_code(rec, key, whitespace) for key in keys]
     return Example(codes[0], UNLABELLED, codes[1] if pair else None, source)
 
 
@@ -98,7 +98,7 @@ def read_jsonl(lines: Iterable[str], name: str, spec: InputSpec) -> tuple[list[E
                 examples.append(_example(pair, json.loads(line), spec.whitespace, f"{name}:{n}"))
             except json.JSONDecodeError as e:
                 errors.append(DataError(name, f"bad JSON: {e.msg} (column {e.colno})", n))
-            except _Invalid as e:
+            except InvalidRecord as e:
                 errors.append(DataError(name, str(e), n))
     except UnicodeDecodeError as e:
         errors.append(DataError(name, f"not UTF-8 text: {e.reason}"))
@@ -197,7 +197,7 @@ class Predictor:
             rec = {"func1": item[0], "func2": item[1]} if self.task.pair else {"func": item}
             try:
                 examples.append(_example(self.task.pair, rec, self.spec.whitespace, f"item {i}"))
-            except _Invalid as e:
+            except InvalidRecord as e:
                 raise ValueError(f"input item {i}: {e}") from None
         return self.predict(examples, top_k)
 

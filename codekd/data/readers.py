@@ -55,7 +55,7 @@ class DataError(ValueError):
         super().__init__(f"{path}:{line}: {what}" if line is not None else f"{path}: {what}")
 
 
-class _Invalid(Exception):
+class InvalidRecord(Exception):
     """A bad record; the caller knows where it is and re-raises it as a DataError."""
 
 
@@ -139,13 +139,13 @@ def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", n) from None
 
 
-def _code(rec: dict[str, Any], key: str, whitespace: str) -> str:
+def record_code(rec: dict[str, Any], key: str, whitespace: str) -> str:
     value = rec[key]
     if not isinstance(value, str):
-        raise _Invalid(f"field {key!r} must be a string, got {type(value).__name__}")
+        raise InvalidRecord(f"field {key!r} must be a string, got {type(value).__name__}")
     code = normalize_code(value, whitespace)
     if not code.strip():
-        raise _Invalid(f"field {key!r} is empty")
+        raise InvalidRecord(f"field {key!r} is empty")
     return code
 
 
@@ -154,16 +154,16 @@ def _label(task: Task, value: Any) -> int:
         return task.labels.index(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(task.labels):
         return value
-    raise _Invalid(
+    raise InvalidRecord(
         f"label {value!r} is neither a class index 0..{len(task.labels) - 1} nor a class name of task "
         f"{task.name!r} ({', '.join(task.labels)})"
     )
 
 
 def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
-    """Turn one JSON record into an Example; raises _Invalid naming what is wrong."""
+    """Turn one JSON record into an Example; raises InvalidRecord naming what is wrong."""
     if not isinstance(rec, dict):
-        raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+        raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
     if task.pair:
         keys, label_key = ("func1", "func2"), "target"
     elif "function" in rec:
@@ -172,8 +172,8 @@ def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
         keys, label_key = ("func",), "target"
     for key in (*keys, label_key):
         if key not in rec:
-            raise _Invalid(f"missing field {key!r}")
-    codes = [_code(rec, key, whitespace) for key in keys]
+            raise InvalidRecord(f"missing field {key!r}")
+    codes = [record_code(rec, key, whitespace) for key in keys]
     return Example(codes[0], _label(task, rec[label_key]), codes[1] if task.pair else None, source)
 
 
@@ -187,7 +187,7 @@ def _read_jsonl_split(task: Task, d: Path, split: str, whitespace: str) -> list[
         for n, rec in _json_objects(path):
             try:
                 examples.append(_record(task, rec, whitespace, f"{path}:{n}"))
-            except _Invalid as e:
+            except InvalidRecord as e:
                 raise DataError(path, str(e), n) from None
     if not examples:
         raise DataError(paths[0], f"{split} split has no records")
@@ -219,7 +219,7 @@ def _read_devign(task: Task, d: Path, split: str, whitespace: str) -> list[Examp
             )
         try:
             examples.append(_record(task, records[i], whitespace, f"{index_path}:{n}"))
-        except _Invalid as e:
+        except InvalidRecord as e:
             raise DataError(index_path, f"function.json record {i}: {e}", n) from None
     if not examples:
         raise DataError(index_path, f"{split} split has no records")
@@ -237,12 +237,12 @@ def _read_bigclonebench(task: Task, d: Path, split: str, whitespace: str) -> lis
     for n, rec in _json_objects(path):
         try:
             if not isinstance(rec, dict):
-                raise _Invalid(f"expected a JSON object, got {type(rec).__name__}")
+                raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
             for key in ("func", "idx"):
                 if key not in rec:
-                    raise _Invalid(f"missing field {key!r}")
-            functions[str(rec["idx"])] = _code(rec, "func", whitespace)
-        except _Invalid as e:
+                    raise InvalidRecord(f"missing field {key!r}")
+            functions[str(rec["idx"])] = record_code(rec, "func", whitespace)
+        except InvalidRecord as e:
             raise DataError(path, str(e), n) from None
     examples = []
     for n, line in _lines(pairs_path):
