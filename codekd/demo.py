@@ -42,7 +42,7 @@ class DemoPlan:
     students: tuple[tuple[str, str], ...]
 
 
-FULL = DemoPlan(2000, 300, 300, teacher_epochs=3, student_epochs=5,
+FULL = DemoPlan(1200, 300, 300, teacher_epochs=2, student_epochs=5,
                 students=(("roberta-1.5m", "ft"), ("roberta-1.5m", "kd"), ("gru-1.5m", "ft"), ("gru-1.5m", "kd")))
 FAST = DemoPlan(96, 48, 48, teacher_epochs=1, student_epochs=1, students=(("roberta-1.5m", "ft"),
                                                                          ("roberta-1.5m", "kd")))
