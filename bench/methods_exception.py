@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -20,9 +19,12 @@ import torch
 from codekd.pipeline import distill, read_metrics
 from codekd.train import TrainConfig
 
-RUNS = [("ft", "position"), ("kd", "position"), ("dist", "position"), ("dkd", "position"), ("pkd", "position"),
-        ("ckd", "position"), ("ckd", "offsets"), ("tinybert", "position"), ("tinybert", "offsets"),
-        ("minilm", "position"), ("minilm", "offsets")]
+HINTON = {"temperature": 4.0, "alpha": 0.5, "t_squared": True}
+# (method, token alignment, options beyond the method's defaults: the study's defaults unless noted)
+RUNS = [("ft", "position", {}), ("kd", "position", {}), ("kd", "position", HINTON), ("dist", "position", {}),
+        ("dkd", "position", {}), ("pkd", "position", {}), ("ckd", "position", {}), ("ckd", "offsets", {}),
+        ("tinybert", "position", {}), ("tinybert", "offsets", {}), ("minilm", "position", {}),
+        ("minilm", "offsets", {})]
 
 
 def main() -> None:
@@ -41,25 +43,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=16, seed=args.seed)
     rows = []
-    for method, align in RUNS:
-        run = args.out / f"{method}-{align}"
-        started = time.perf_counter()
+    for method, align, options in RUNS:
+        label = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+        run = args.out / f"{method}-{align}-{len(rows)}"
         if not run.exists():
             distill("exception", args.data, args.student, args.vocab, method, run, cfg,
                     teacher=None if method == "ft" else args.teacher, max_length=args.max_length, align=align,
-                    truncation=args.truncation, resume=True)
+                    truncation=args.truncation, resume=True, hparams=options)
         m = read_metrics(run)
-        rows.append((method, align, m["model"]["accuracy"], m["model"]["top3_accuracy"], m["model"]["macro_f1"],
-                     m["train_seconds"], time.perf_counter() - started))
+        rows.append((method, label, align, m["model"]["accuracy"], m["model"]["top3_accuracy"],
+                     m["model"]["macro_f1"], m["train_seconds"]))
     teacher = read_metrics(args.teacher)["model"]
     lines = [f"exception, {args.student}, {args.epochs} epochs, lr {args.lr}, max length {args.max_length} "
              f"({args.truncation}), seed {args.seed}; machine: {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads",
-             "", "| method | align | top-1 | top-3 | macro-F1 | train s |", "|---|---|---|---|---|---|",
-             f"| teacher | - | {100 * teacher['accuracy']:.1f} | {100 * teacher['top3_accuracy']:.1f} | "
+             "", "| method | options | align | top-1 | top-3 | macro-F1 | train s |", "|---|---|---|---|---|---|---|",
+             f"| teacher | - | - | {100 * teacher['accuracy']:.1f} | {100 * teacher['top3_accuracy']:.1f} | "
              f"{100 * teacher['macro_f1']:.1f} | - |"]
-    for method, align, acc, top3, f1, secs, _ in rows:
-        lines.append(f"| {method} | {align} | {100 * acc:.1f} | {100 * top3:.1f} | {100 * f1:.1f} | {secs:.0f} |")
+    for method, label, align, acc, top3, f1, secs in rows:
+        lines.append(f"| {method} | {label} | {align} | {100 * acc:.1f} | {100 * top3:.1f} | {100 * f1:.1f} | "
+                     f"{secs:.0f} |")
     text = "\n".join(lines)
     (args.out / "methods.md").write_text(text + "\n")
     print(text)
