@@ -121,7 +121,11 @@ def cache_key(teacher_dir: str | Path, task: str, split: str, items: list[dict],
               dtype: str, precision: str = "fp32") -> str:
     """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields or their
     precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
-    inputs = key_inputs(teacher_dir, task, split, items, needs, dtype, precision)
+    return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision))
+
+
+def key_of(inputs: dict[str, Any]) -> str:
+    """The cache key of already computed `key_inputs` (hashing the teacher's files is the costly part)."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

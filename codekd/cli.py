@@ -57,11 +57,12 @@ def _load_config(path: Path | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in cfg.items()}
 
 
-def _train_config(cfg: dict[str, Any], defaults: dict[str, Any]):
+def _train_config(cfg: dict[str, Any]):
+    """A TrainConfig from the given options that it knows; the rest keep their defaults."""
     from codekd.train import TrainConfig
 
     keys = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{**defaults, **{k: v for k, v in cfg.items() if k in keys and v is not None}})
+    return TrainConfig(**{k: v for k, v in cfg.items() if k in keys and v is not None})
 
 
 def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
@@ -102,7 +103,7 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
     from codekd.pipeline import train_teacher
 
     cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                         "precision": precision, "bucket": bucket}, {})
+                         "precision": precision, "bucket": bucket})
     m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation)
     out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
     console.print(out_table)
@@ -147,7 +148,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
     if isinstance(merged["student"], str) and merged["student"].lstrip().startswith("{"):
         merged["student"] = yaml.safe_load(merged["student"])
-    train_cfg = _train_config(merged, {})
+    train_cfg = _train_config(merged)
     weights = merged.get("teacher_weights")
     if isinstance(weights, str):
         try:

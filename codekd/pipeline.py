@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from codekd.cache import TeacherCache, build_cache, cache_dir, cache_key, default_cache_root, key_inputs
+from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_root, key_inputs, key_of
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.encoding import (
     EncodedData,
@@ -36,7 +36,7 @@ from codekd.encoding import (
     resolve_unixcoder_prefix,
     token_spans,
 )
-from codekd.io import atomic_dir, check_new_output, read_json, write_json
+from codekd.io import atomic_dir, atomic_write_text, check_new_output, read_json, write_json
 from codekd.methods import get_method
 from codekd.models import StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
@@ -93,7 +93,6 @@ def _save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec
 
 def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
     """`OUT.partial/` for a new run, or the existing one when resuming the same configuration."""
-    check_new_output(out)
     work = out.with_name(out.name + ".partial")
     saved = work / RUN_CONFIG
     if work.exists() and not resume:
@@ -105,11 +104,13 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
             raise ValueError(f"--resume: {saved} was started with different options: {', '.join(changed)}")
     work.mkdir(parents=True, exist_ok=True)
     if not saved.exists():
-        saved.write_text(yaml.safe_dump({"config": config}, sort_keys=True))
+        atomic_write_text(saved, yaml.safe_dump({"config": config}, sort_keys=True))
     return work
 
 
-class Teacher(NamedTuple):
+class ModelDir(NamedTuple):
+    """A codekd model directory (teacher or student), loaded."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     spec: InputSpec
@@ -126,13 +127,12 @@ class CacheOptions:
     budget_gb: float = 2.0
 
 
-def teacher_cache(teacher: Teacher, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
+def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
                   options: CacheOptions, precision: str) -> TeacherCache | None:
     """Open or build the cache of `teacher`'s outputs on `data`; None when it would exceed the budget."""
     items = data.views[view][0]
     inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision)
-    path = cache_dir(options.root or default_cache_root(), cache_key(teacher.path, task, split, items, needs,
-                                                                     options.dtype, precision))
+    path = cache_dir(options.root or default_cache_root(), key_of(inputs))
     cache = TeacherCache.open(path)
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
@@ -141,9 +141,17 @@ def teacher_cache(teacher: Teacher, view: str, data: EncodedData, needs: Sequenc
     return cache
 
 
+def load_for_task(path: str | Path, task: str, option: str) -> ModelDir:
+    """A codekd model directory, refused (naming `option`) when it was trained for another task."""
+    loaded = ModelDir(*load_model_dir(path), Path(path))
+    if loaded.spec.task != task:
+        raise ValueError(f"{option} {path}: trained for task {loaded.spec.task!r}, not {task!r}")
+    return loaded
+
+
 def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
-         config: dict[str, Any], resume: bool, teachers: Sequence[Teacher] = (),
+         config: dict[str, Any], resume: bool, teachers: Sequence[ModelDir] = (),
          teacher_weights: Sequence[float] | None = None, align: str = "position",
          cache: CacheOptions | None = None) -> dict[str, Any]:
     """Train `model` with a method, then test the best epoch and assemble `out` atomically."""
@@ -215,7 +223,7 @@ def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg:
               "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, "truncation": truncation,
               **asdict(cfg)}
     check_new_output(out)
-    splits = load_splits(t, data, whitespace=whitespace)
+    splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
     net, tok = load_pretrained_encoder(model, t)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
@@ -247,7 +255,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     the method's loss against each teacher, weighted by `teacher_weights`, equal by default). The
     retention in the metrics is relative to the best teacher on the test split. `align` pairs
     student and teacher tokens for token-level methods: `position` (the study: i-th with i-th) or
-    `offsets` (the teacher token covering the same source characters). Teacher outputs on the
+    `offsets` (the teacher token covering the same source characters). ModelDir outputs on the
     training split are cached on disk (`cache`, on by default) and reused by later runs.
     """
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
@@ -264,11 +272,8 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     method_cls = get_method(method)
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
-    splits = load_splits(t, data, whitespace=whitespace)
-    loaded = [Teacher(*load_model_dir(path), Path(path)) for path in teachers]
-    for path, (_, _, tspec, _) in zip(teachers, loaded, strict=True):
-        if tspec.task != task:
-            raise ValueError(f"--teacher {path}: trained for task {tspec.task!r}, not {task!r}")
+    splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
+    loaded = [load_for_task(path, task, "--teacher") for path in teachers]
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
     net.config.id2label = dict(enumerate(t.labels))
@@ -291,9 +296,7 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     examples = load_split(t, data, split, whitespace="keep")
-    loaded = Teacher(*load_model_dir(teacher), Path(teacher))
-    if loaded.spec.task != task:
-        raise ValueError(f"--teacher {teacher}: trained for task {loaded.spec.task!r}, not {task!r}")
+    loaded = load_for_task(teacher, task, "--teacher")
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
@@ -306,10 +309,8 @@ def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: st
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     t = get_task(task)
-    model, tok, spec = load_model_dir(model_dir)
-    if spec.task != task:
-        raise ValueError(f"--model {model_dir}: trained for task {spec.task!r}, not {task!r}")
-    examples = load_split(t, data, split, whitespace=spec.whitespace)
+    model, tok, spec, _ = load_for_task(model_dir, task, "--model")
+    examples = load_split(t, data, split, whitespace="keep")
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)})
     metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),
                "metrics": evaluate(model, data_, t)}

@@ -8,7 +8,6 @@ checkpoint atomically so a killed run resumes where the last finished epoch left
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 from codekd.cache import TeacherCache
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
+from codekd.io import atomic_file
 from codekd.methods import Method
 from codekd.models.adapters import Outputs, align_to, run, run_frozen
 
@@ -179,9 +179,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module], weights: Sequence[float],
