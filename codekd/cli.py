@@ -228,12 +228,68 @@ def presets() -> None:
 
 
 @app.command()
+def study(config: Path = typer.Argument(..., help="study file (see configs/quick.yaml)"),
+          out: Path = typer.Option(None, help="study directory (default: the file's out:, else studies/NAME)"),
+          only: list[str] = typer.Option(None, help="run only matching cells: KEY=GLOB[,GLOB] with KEY one of "
+                                         "task, teacher, student, method, seed, cell; repeat to combine"),
+          dry_run: bool = typer.Option(False, help="list the cells, which are done, and a rough cost; run nothing"),
+          shard: str = typer.Option(None, help="i/n: run only the cells that hash to shard i of n (cluster arrays)")
+          ) -> None:
+    """Run a study grid (tasks × teachers × students × methods × seeds); rerun to resume."""
+    from codekd.study import run_study
+
+    records = run_study(config, out, only or (), dry_run, shard)
+    if not dry_run:
+        console.print(f"{len(records)} cell record(s) done; tables and plots: codekd report STUDY_DIR")
+
+
+@app.command("bench-model")
+def bench_model(model: Path = typer.Argument(..., help="codekd model directory (teacher or student)"),
+                data: Path = typer.Option(..., help="task data: inputs are taken from its test split"),
+                task: str = typer.Option(None, help="checked against the model's task when given"),
+                runs: int = typer.Option(50, help="timed batch-1 forwards"),
+                warmup: int = typer.Option(10, help="untimed forwards first"),
+                device: str = typer.Option("cpu", help="cpu | cuda"),
+                threads: int = typer.Option(None, help="torch intra-op threads (default: torch's)"),
+                out: Path = typer.Option(None, help="also write the figures as JSON here")) -> None:
+    """Measure a model's size, batch-1 latency (p50/p95), batch-32 throughput and peak memory."""
+    from codekd.bench import measure_efficiency
+    from codekd.io import write_json
+    from codekd.pipeline import load_for_task
+
+    if task:
+        load_for_task(model, task, "MODEL")
+    e = measure_efficiency(model, data, runs, warmup, device, threads)
+    table = Table(title=f"{model} on {e['device_name'] or device}, {e['threads']} thread(s)")
+    for col in ("params", "MB", "tokens", "p50 ms", "p95 ms", f"batch-{e['throughput_batch']} ex/s", "peak MB"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{e['parameters']:,}", f"{e['size_mb']:.1f}", str(e["input_tokens"]),
+                  f"{e['latency_ms']['p50']:.2f}", f"{e['latency_ms']['p95']:.2f}", f"{e['throughput']:.1f}",
+                  f"{e['peak_memory_mb']:.0f}")
+    console.print(table)
+    if out:
+        write_json(out, e)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="directory for the demo's runs and results"),
          fast: bool = typer.Option(False, help="a much smaller run, for smoke tests")) -> None:
     """Run the offline demo: vocabulary, teacher, FT and KD students on the shipped exception slice."""
     from codekd.demo import run_demo
 
     run_demo(out, fast=fast)
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="study directory (holds results*.jsonl)"),
+           out: Path = typer.Option(None, help="report directory (default STUDY_DIR/report), replaced if it exists")
+           ) -> None:
+    """Write a study's tables (Markdown, LaTeX, CSV), plots and self-contained index.html from its results."""
+    from codekd.report import build_report
+
+    path = build_report(study_dir, out)
+    console.print((path / "tables.md").read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report written to {path}: {', '.join(sorted(f.name for f in path.iterdir()))}")
 
 
 from codekd.export import export_command  # noqa: E402

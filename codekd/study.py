@@ -1,0 +1,500 @@
+"""`codekd study CONFIG.yaml`: the study's grid (tasks × teachers × students × methods × seeds), resumable.
+
+Every cell goes through the same code path as `codekd teacher` / `codekd distill` (so teachers are
+fine-tuned once and reused, and teacher outputs are cached), then its model is measured by
+`codekd.bench.measure_efficiency`. One JSON record per cell is appended atomically (the file is
+rewritten to a temporary sibling and renamed) to `STUDY/results.jsonl`, or to
+`STUDY/results-<i>of<n>.jsonl` for `--shard i/n`; `codekd report` reads them all.
+
+Resuming: a cell whose key (a hash of everything that determines its result) has a record is
+skipped; an interrupted cell resumes from its checkpoint in `runs/<cell>-<key>.partial/`. Cells are
+claimed by an exclusive-create claim file before they run, so two shards on one shared directory
+never run the same cell; a rerun of the same shard takes its own claims back.
+
+A FT cell does not depend on a teacher: it runs once per (task, student, seed) and its record has
+`"teacher": null`; the report compares it with every teacher.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from codekd.data import DataError, demo_data_dir, get_task, load_split
+from codekd.data.readers import _NAMES
+from codekd.io import atomic_dir, atomic_write_text, process_alive
+from codekd.methods import get_method
+from codekd.models import get_preset
+from codekd.train import TrainConfig, console
+
+RESULTS = "results.jsonl"
+DEMO_TEACHER = "demo-teacher"  # config alias of the all-MiniLM-L6-v2 weights shipped for the demo
+DEFAULT_GFLOPS = 80.0  # this project's 2-core CPU on a roberta-1.5m FT run (demo), for --dry-run estimates
+TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
+       "methods", "train", "efficiency", "cache", "align", "vocab_size")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the grid: a teacher fine-tuning (`student` None) or a student run."""
+
+    task: str
+    teacher: str | None
+    student: str | None
+    method: str
+    seed: int
+    config: dict[str, Any] = field(compare=False, hash=False)
+
+    @property
+    def kind(self) -> str:
+        return "teacher" if self.student is None else "student"
+
+    @property
+    def name(self) -> str:
+        parts = [self.task, self.teacher, "teacher"] if self.student is None else \
+            [self.task, *([self.teacher] if self.teacher else []), self.student, self.method, f"s{self.seed}"]
+        return ".".join(parts)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def dir_name(self) -> str:
+        return f"{self.name}-{self.key[:8]}"
+
+
+@dataclass
+class Study:
+    """A validated study configuration (see `configs/quick.yaml` for the format)."""
+
+    path: Path
+    name: str
+    out: Path
+    data: dict[str, Path]
+    teachers: dict[str, dict[str, Any]]
+    students: list[str]
+    methods: dict[str, dict[str, Any]]
+    seeds: list[int]
+    common: dict[str, Any]
+    efficiency: dict[str, Any]
+    train: dict[str, Any]
+
+    def teacher_cell(self, task: str, name: str) -> Cell:
+        t = self.teachers[name]
+        train = t["train"]
+        config = {"kind": "teacher", "task": task, "data": str(self.data[task]), **self.common, "teacher": t,
+                  "train": train}
+        return Cell(task, name, None, "ft", int(train.get("seed", 42)), config)
+
+    def student_cells(self) -> list[Cell]:
+        cells = []
+        for task in self.data:
+            for student in self.students:
+                for method, opts in self.methods.items():
+                    needs_teacher = bool(get_method(method).teacher_needs)
+                    for teacher in (self.teachers if needs_teacher else [None]):
+                        for seed in self.seeds:
+                            config = {"kind": "student", "task": task, "data": str(self.data[task]), **self.common,
+                                      "student": student, "method": method, "seed": seed,
+                                      "hparams": opts.get("hparams", {}), "align": opts.get("align", "position"),
+                                      "train": {**self.train, **opts.get("train", {}), "seed": seed},
+                                      "teacher": None if teacher is None else
+                                      {"name": teacher, "key": self.teacher_cell(task, teacher).key}}
+                            cells.append(Cell(task, teacher, student, method, seed, config))
+        return cells
+
+
+def _fail(path: Path, where: str, what: str) -> None:
+    raise ValueError(f"{path}: {where}: {what}")
+
+
+def _train_options(path: Path, where: str, opts: Any) -> dict[str, Any]:
+    if not isinstance(opts, dict):
+        _fail(path, where, "expected a mapping of training options (epochs, lr, batch_size, ...)")
+    unknown = set(opts) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        _fail(path, where, f"unknown training option(s) {', '.join(sorted(unknown))}; known: "
+              f"{', '.join(TrainConfig.__dataclass_fields__)}")
+    defaults = TrainConfig()
+    typed = {}
+    for key, value in opts.items():
+        kind = type(getattr(defaults, key))
+        try:
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            typed[key] = kind(value)  # YAML reads 2e-4 (no dot) as a string
+        except ValueError as e:
+            _fail(path, f"{where}.{key}", f"{value!r}: {e}")
+    return typed
+
+
+def resolve_data(value: str) -> Path:
+    """`demo` is the exception slice shipped in the package; anything else is a directory."""
+    return demo_data_dir() if value == "demo" else Path(value)
+
+
+def load_study(path: str | Path, out: str | Path | None = None) -> Study:
+    """Read and validate a study file; every problem names the file and the option."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(raw, dict):
+        _fail(path, "top level", "expected a mapping")
+    unknown = set(raw) - set(TOP)
+    if unknown:
+        _fail(path, ", ".join(sorted(unknown)), f"unknown option; known: {', '.join(TOP)}")
+    for key in ("name", "data", "students", "methods", "seeds"):
+        if not raw.get(key):
+            _fail(path, key, "missing")
+    if not isinstance(raw["data"], dict):
+        _fail(path, "data", "expected a mapping of task name to data directory")
+    data = {}
+    for task, value in raw["data"].items():
+        try:
+            get_task(task)
+        except ValueError as e:
+            _fail(path, f"data.{task}", str(e))
+        data[task] = resolve_data(str(value))
+        if not data[task].is_dir():
+            _fail(path, f"data.{task}", f"{data[task]} is not a directory")
+    for student in raw["students"]:
+        try:
+            get_preset(student)
+        except ValueError as e:
+            _fail(path, "students", str(e))
+    methods = {m: (o or {}) for m, o in (raw["methods"].items() if isinstance(raw["methods"], dict)
+                                         else ((m, {}) for m in raw["methods"]))}
+    for m, opts in methods.items():
+        try:
+            get_method(m)
+        except ValueError as e:
+            _fail(path, "methods", str(e))
+        if set(opts) - {"hparams", "train", "align"}:
+            _fail(path, f"methods.{m}", "expected only hparams, train and align")
+        opts["train"] = _train_options(path, f"methods.{m}.train", opts.get("train", {}))
+    teachers = raw.get("teachers") or {}
+    for name, t in teachers.items():
+        if not isinstance(t, dict) or bool(t.get("model")) == bool(t.get("dir")):
+            _fail(path, f"teachers.{name}", "give either model: (a Hugging Face encoder to fine-tune) or "
+                  "dir: (a fine-tuned codekd teacher directory, per task: {task: DIR})")
+        t["train"] = _train_options(path, f"teachers.{name}.train", t.get("train", {}))
+    if any(get_method(m).teacher_needs for m in methods) and not teachers:
+        _fail(path, "teachers", "the methods need a teacher")
+    limit = raw.get("limit") or {}
+    if set(limit) - {"train", "valid", "test"} or not all(isinstance(v, int) and v > 0 for v in limit.values()):
+        _fail(path, "limit", "expected positive record counts for train, valid and/or test")
+    efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, **(raw.get("efficiency") or {})}
+    common = {"limit": limit, "max_length": int(raw.get("max_length", 512)),
+              "truncation": raw.get("truncation", "head"), "whitespace": raw.get("whitespace", "collapse"),
+              "vocab_size": raw.get("vocab_size"), "cache": bool(raw.get("cache", True))}
+    seeds = [int(s) for s in raw["seeds"]]
+    return Study(path, str(raw["name"]), Path(out or raw.get("out") or Path("studies") / str(raw["name"])), data,
+                 teachers, list(raw["students"]), methods, seeds, common, efficiency,
+                 _train_options(path, "train", raw.get("train") or {}))
+
+
+def parse_shard(value: str | None) -> tuple[int, int]:
+    """`i/n` (0 ≤ i < n) → (i, n); None → the whole grid (0, 1)."""
+    if value is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {value!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {value!r}: expected 0 ≤ i < n")
+    return i, n
+
+
+def in_shard(cell: Cell, shard: tuple[int, int]) -> bool:
+    return int(cell.key, 16) % shard[1] == shard[0]
+
+
+def matches(cell: Cell, only: Sequence[str]) -> bool:
+    """`--only` filters: `key=glob[,glob]` on task, teacher, student, method, seed or cell; all must hold."""
+    fields = {"task": cell.task, "teacher": cell.teacher or "", "student": cell.student or "", "method": cell.method,
+              "seed": str(cell.seed), "cell": cell.name}
+    for f in only:
+        key, eq, globs = f.partition("=")
+        if not eq or key not in fields:
+            raise ValueError(f"--only {f!r}: expected KEY=PATTERN with KEY one of {', '.join(fields)}")
+        if not any(fnmatch.fnmatchcase(fields[key], g) for g in globs.split(",")):
+            return False
+    return True
+
+
+def results_file(study_dir: Path, shard: tuple[int, int]) -> Path:
+    return study_dir / (RESULTS if shard == (0, 1) else f"results-{shard[0]}of{shard[1]}.jsonl")
+
+
+def read_results(study_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of a study directory (`results*.jsonl`, in file order). A line that is not a complete JSON
+    record — a damaged or hand-edited file — is a `DataError` naming the file and line, never skipped."""
+    records = []
+    for path in sorted(Path(study_dir).glob("results*.jsonl")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"not a complete JSON record ({e.msg}); the file was damaged — delete this "
+                                "line and rerun the study to redo its cell", n) from None
+            if not isinstance(rec, dict) or not {"key", "cell", "kind", "metrics"} <= set(rec):
+                raise DataError(path, "not a codekd study record (needs key, cell, kind, metrics)", n)
+            records.append(rec)
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record: the file is rewritten with the new line and renamed, so it is never half-written."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
+
+
+def claim(study_dir: Path, cell: Cell, owner: str) -> bool:
+    """Take `cell` for `owner` (a shard) by creating its claim file exclusively; True if it is ours.
+
+    A claim by the same owner from a process that is no longer running (a killed rerun) is taken back.
+    """
+    path = study_dir / "claims" / f"{cell.dir_name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False  # being written by its owner this instant
+        if held.get("owner") != owner:
+            return False
+        if held.get("pid") != os.getpid() and process_alive(held.get("host"), held.get("pid")):
+            return False
+        atomic_write_text(path, json.dumps(mine))
+        return True
+    with os.fdopen(fd, "w") as f:
+        json.dump(mine, f)
+    return True
+
+
+def _data_for(study: Study, task: str) -> Path:
+    """The task's data directory, or its first `limit` records per split (copied once into the study)."""
+    limit = study.common["limit"]
+    if not limit:
+        return study.data[task]
+    path = study.out / "data" / task
+
+    def copy() -> None:
+        with atomic_dir(path) as tmp:
+            for f in (f for f in study.data[task].iterdir() if f.is_file()):
+                split = next((s for s, names in _NAMES.items() if f.name.split(".")[0] in names), None)
+                if split in limit:
+                    with f.open(encoding="utf-8") as lines:
+                        head = "".join(line for _, line in zip(range(limit[split]), lines, strict=False))
+                    (tmp / f.name).write_text(head, encoding="utf-8")
+                else:
+                    shutil.copy2(f, tmp / f.name)
+
+    return _build_once(path, copy)
+
+
+def _wait_for(path: Path, what: str, poll: float = 10.0) -> None:
+    """Block until another shard has built `path` (outputs appear by an atomic rename)."""
+    console.print(f"waiting for {what} ({path}), which another shard is building")
+    while not path.exists():
+        time.sleep(poll)
+
+
+def _build_once(path: Path, build: Any) -> Path:
+    """Build a cheap shared output unless it exists; when another shard wins the race, use theirs."""
+    if not path.exists():
+        try:
+            build()
+        except OSError:
+            if not path.exists():
+                raise
+    return path
+
+
+def _vocab(study: Study, task: str, student: str) -> Path:
+    from codekd.pipeline import make_vocab
+
+    size = study.common["vocab_size"] or get_preset(student).vocab_size
+    path = study.out / "vocab" / f"{task}-{size}"
+    return _build_once(path, lambda: make_vocab(task, _data_for(study, task), size, path, study.common["max_length"],
+                                                study.common["whitespace"]))
+
+
+def _teacher_dir(study: Study, cell: Cell) -> Path:
+    t = study.teachers[cell.teacher]
+    if t.get("dir"):
+        d = t["dir"]
+        return Path(d[cell.task] if isinstance(d, dict) else d)
+    return study.out / "teachers" / cell.dir_name
+
+
+def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
+    """Train (or resume) one cell, measure its model, and return its record."""
+    from codekd.bench import measure_efficiency
+    from codekd.pipeline import CacheOptions, distill, environment, read_metrics, train_teacher
+
+    started = time.perf_counter()
+    data = _data_for(study, cell.task)
+    c = study.common
+    if cell.kind == "teacher":
+        run_dir = _teacher_dir(study, cell)
+        if not run_dir.exists():
+            t = study.teachers[cell.teacher]
+            train_teacher(cell.task, data, _model_source(t["model"]), run_dir, TrainConfig(**cell.config["train"]),
+                          c["max_length"], c["whitespace"], resume=True, truncation=c["truncation"])
+    else:
+        run_dir = study.out / "runs" / cell.dir_name
+        if not run_dir.exists():
+            teacher = None
+            if cell.teacher:
+                tcell = study.teacher_cell(cell.task, cell.teacher)
+                teacher = _teacher_dir(study, tcell)
+                if not teacher.exists():
+                    _wait_for(teacher, f"teacher {cell.teacher} on {cell.task}")
+            distill(cell.task, data, cell.student, _vocab(study, cell.task, cell.student), cell.method,
+                    run_dir, TrainConfig(**cell.config["train"]), teacher=teacher, max_length=c["max_length"],
+                    whitespace=c["whitespace"], hparams=cell.config["hparams"], resume=True,
+                    align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]))
+    m = read_metrics(run_dir)
+    eff = measure_efficiency(run_dir, data, **study.efficiency)
+    return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task, "headline": m["headline"],
+            "teacher": cell.teacher, "student": cell.student, "method": cell.method, "seed": cell.seed,
+            "metrics": m["model"], "teacher_metrics": m["teacher"], "retention": m["retention"],
+            "parameters": m["parameters"], "size_mb": m["size_mb"], "efficiency": eff,
+            "wall_seconds": time.perf_counter() - started, "train_seconds": m["train_seconds"],
+            "best_epoch": m["best_epoch"], "run_dir": str(run_dir.relative_to(study.out))
+            if run_dir.is_relative_to(study.out) else str(run_dir),
+            "config": cell.config, "environment": environment(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def _model_source(model: str) -> str:
+    """A teacher's `model:` option: a hub id or directory, or `demo-teacher` (the demo's all-MiniLM-L6-v2)."""
+    from codekd.demo import minilm_path
+
+    return minilm_path() if model == DEMO_TEACHER else model
+
+
+def plan(study: Study, only: Sequence[str] = (), shard: tuple[int, int] = (0, 1)) -> list[Cell]:
+    """The cells this invocation is responsible for: its shard's student cells, after the teachers they need.
+
+    Teacher cells are not sharded: every shard that needs one claims it, and the others wait for it.
+    """
+    students = [c for c in study.student_cells() if matches(c, only) and in_shard(c, shard)]
+    teachers = sorted({(c.task, c.teacher) for c in students if c.teacher})
+    return [study.teacher_cell(task, name) for task, name in teachers] + students
+
+
+def _examples(study: Study, task: str, split: str) -> int:
+    n = study.common["limit"].get(split)
+    return n if n else len(load_split(task, study.data[task], split, whitespace="keep"))
+
+
+def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float:
+    """A rough cost: 6·params·tokens FLOPs per trained example-token (+ 2·params·tokens per teacher forward)."""
+    from codekd.models import count_parameters
+    from codekd.models.presets import build_student
+
+    tokens = study.common["max_length"]
+    train = {**asdict(TrainConfig()), **cell.config["train"]}
+    n = _examples(study, cell.task, "train")
+    if cell.kind == "teacher":
+        return 0.0 if study.teachers[cell.teacher].get("dir") else \
+            6 * _teacher_params(study, cell) * tokens * n * train["epochs"] / (gflops * 1e9)
+    spec = get_preset(cell.student)
+    params = count_parameters(build_student(spec, len(get_task(cell.task).labels), max_positions=tokens + 2))
+    flops = 6 * params * tokens * n * train["epochs"]
+    if cell.teacher:
+        flops += 2 * _teacher_params(study, study.teacher_cell(cell.task, cell.teacher)) * tokens * n
+    return flops / (gflops * 1e9)
+
+
+def _teacher_params(study: Study, cell: Cell) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    t = study.teachers[cell.teacher]
+    source = str(_teacher_dir(study, cell)) if t.get("dir") else _model_source(t["model"])
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(source))
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[str] = (), dry_run: bool = False,
+              shard: str | None = None) -> list[dict[str, Any]]:
+    """Run (or resume, or with `dry_run` only list) the study's cells; returns the records of this shard's cells."""
+    study = load_study(config, out)
+    part = parse_shard(shard)
+    owner = f"{part[0]}of{part[1]}"
+    cells = plan(study, only, part)
+    records = {r["key"]: r for r in read_results(study.out)} if study.out.exists() else {}
+    if dry_run:
+        _print_plan(study, cells, records)
+        return [records[c.key] for c in cells if c.key in records]
+    study.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study.out / "study.yaml", Path(config).read_text(encoding="utf-8"))
+    target = results_file(study.out, part)
+    skipped = []
+    for i, cell in enumerate(cells, 1):
+        if cell.key in records:
+            continue
+        if not claim(study.out, cell, owner):
+            skipped.append(cell.name)
+            continue
+        console.rule(f"[{i}/{len(cells)}] {cell.name}")
+        record = run_cell(study, cell)
+        append_record(target, record)
+        records[cell.key] = record
+    records = {r["key"]: r for r in read_results(study.out)}
+    skipped = [name for name in skipped if name not in {r["cell"] for r in records.values()}]
+    if skipped:
+        console.print(f"{len(skipped)} cell(s) are claimed by another shard and have no record yet: "
+                      f"{', '.join(skipped)}. If that shard is dead, delete their files in {study.out / 'claims'}.")
+    return [records[c.key] for c in cells if c.key in records]
+
+
+def _print_plan(study: Study, cells: list[Cell], records: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    done = [r for r in records.values() if r.get("wall_seconds")]
+    spent = sum(r["wall_seconds"] for r in done)
+    keys = {r["key"] for r in done}
+    cells_done = [c for c in cells if c.key in keys]
+    gflops = DEFAULT_GFLOPS
+    if cells_done and spent:
+        gflops = sum(estimate_seconds(study, c, 1.0) for c in cells_done) / spent
+    table = Table(title=f"study {study.name}: {len(cells)} cells in {study.out}")
+    for col in ("cell", "key", "status", "est. train"):
+        table.add_column(col)
+    total = 0.0
+    for c in cells:
+        est = 0.0 if c.key in records else estimate_seconds(study, c, gflops)
+        total += est
+        table.add_row(c.name, c.key, "done" if c.key in records else "to run", _duration(est) if est else "-")
+    console.print(table)
+    console.print(f"to run: {sum(c.key not in records for c in cells)} cells, about {_duration(total)} "
+                  f"(rough: 6·params·tokens FLOPs per training example at {gflops:.0f} GFLOP/s, "
+                  f"{'calibrated on this study' if cells_done else 'this project CPU default'})")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
