@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
         t["train"] = _train_options(path, f"teachers.{name}.train", t.get("train", {}))
     if any(get_method(m).teacher_needs for m in methods) and not teachers:
         _fail(path, "teachers", "the methods need a teacher")
-    limit = raw.get("limit") or {}
-    if set(limit) - {"train", "valid", "test"} or not all(isinstance(v, int) and v > 0 for v in limit.values()):
-        _fail(path, "limit", "expected positive record counts for train, valid and/or test")
+    limit = _limits(path, raw.get("limit") or {}, data)
     efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, **(raw.get("efficiency") or {})}
     common = {"limit": limit, "max_length": int(raw.get("max_length", 512)),
               "truncation": raw.get("truncation", "head"), "whitespace": raw.get("whitespace", "collapse"),
@@ -206,6 +204,19 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     return Study(path, str(raw["name"]), Path(out or raw.get("out") or Path("studies") / str(raw["name"])), data,
                  teachers, list(raw["students"]), methods, seeds, common, efficiency,
                  _train_options(path, "train", raw.get("train") or {}))
+
+
+def _limits(path: Path, raw: Any, tasks: dict[str, Path]) -> dict[str, dict[str, int]]:
+    """`limit: {train: N, ...}` for every task, or `limit: {TASK: {train: N, ...}}` per task."""
+    if not isinstance(raw, dict):
+        _fail(path, "limit", "expected a mapping")
+    per_task = raw if set(raw) <= set(tasks) and raw else {task: raw for task in tasks}
+    for task, splits in per_task.items():
+        if not isinstance(splits, dict) or set(splits) - {"train", "valid", "test"} or \
+                not all(isinstance(v, int) and v > 0 for v in splits.values()):
+            _fail(path, "limit" if per_task is not raw else f"limit.{task}",
+                  "expected positive record counts for train, valid and/or test")
+    return {task: per_task.get(task, {}) for task in tasks}
 
 
 def parse_shard(value: str | None) -> tuple[int, int]:
@@ -293,7 +304,7 @@ def claim(study_dir: Path, cell: Cell, owner: str) -> bool:
 
 def _data_for(study: Study, task: str) -> Path:
     """The task's data directory, or its first `limit` records per split (copied once into the study)."""
-    limit = study.common["limit"]
+    limit = study.common["limit"][task]
     if not limit:
         return study.data[task]
     path = study.out / "data" / task
@@ -384,7 +395,7 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
             "best_epoch": m["best_epoch"], "run_dir": str(run_dir.relative_to(study.out))
             if run_dir.is_relative_to(study.out) else str(run_dir),
             "config": cell.config, "environment": environment(),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _model_source(model: str) -> str:
@@ -405,11 +416,11 @@ def plan(study: Study, only: Sequence[str] = (), shard: tuple[int, int] = (0, 1)
 
 
 def _examples(study: Study, task: str, split: str) -> int:
-    n = study.common["limit"].get(split)
+    n = study.common["limit"][task].get(split)
     return n if n else len(load_split(task, study.data[task], split, whitespace="keep"))
 
 
-def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float:
+def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float | None:
     """A rough cost: 6·params·tokens FLOPs per trained example-token (+ 2·params·tokens per teacher forward)."""
     from codekd.models import count_parameters
     from codekd.models.presets import build_student
@@ -418,24 +429,34 @@ def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float:
     train = {**asdict(TrainConfig()), **cell.config["train"]}
     n = _examples(study, cell.task, "train")
     if cell.kind == "teacher":
-        return 0.0 if study.teachers[cell.teacher].get("dir") else \
-            6 * _teacher_params(study, cell) * tokens * n * train["epochs"] / (gflops * 1e9)
+        if study.teachers[cell.teacher].get("dir"):
+            return 0.0
+        params = _teacher_params(study, cell)
+        return None if params is None else 6 * params * tokens * n * train["epochs"] / (gflops * 1e9)
     spec = get_preset(cell.student)
     params = count_parameters(build_student(spec, len(get_task(cell.task).labels), max_positions=tokens + 2))
     flops = 6 * params * tokens * n * train["epochs"]
     if cell.teacher:
-        flops += 2 * _teacher_params(study, study.teacher_cell(cell.task, cell.teacher)) * tokens * n
+        teacher = _teacher_params(study, study.teacher_cell(cell.task, cell.teacher))
+        if teacher is None:
+            return None
+        flops += 2 * teacher * tokens * n
     return flops / (gflops * 1e9)
 
 
-def _teacher_params(study: Study, cell: Cell) -> int:
+def _teacher_params(study: Study, cell: Cell) -> int | None:
+    """The teacher's parameter count from its config alone (no weights loaded); None if it cannot be read."""
     import torch
     from transformers import AutoConfig, AutoModel
 
     t = study.teachers[cell.teacher]
     source = str(_teacher_dir(study, cell)) if t.get("dir") else _model_source(t["model"])
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError:
+        return None
     with torch.device("meta"):
-        model = AutoModel.from_config(AutoConfig.from_pretrained(source))
+        model = AutoModel.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -485,14 +506,17 @@ def _print_plan(study: Study, cells: list[Cell], records: dict[str, dict[str, An
     table = Table(title=f"study {study.name}: {len(cells)} cells in {study.out}")
     for col in ("cell", "key", "status", "est. train"):
         table.add_column(col)
-    total = 0.0
+    estimates = {c.key: None if c.key in records else estimate_seconds(study, c, gflops) for c in cells}
     for c in cells:
-        est = 0.0 if c.key in records else estimate_seconds(study, c, gflops)
-        total += est
-        table.add_row(c.name, c.key, "done" if c.key in records else "to run", _duration(est) if est else "-")
+        est = estimates[c.key]
+        table.add_row(c.name, c.key, "done" if c.key in records else "to run",
+                      "-" if c.key in records else "? (teacher config not found)" if est is None else _duration(est))
     console.print(table)
-    console.print(f"to run: {sum(c.key not in records for c in cells)} cells, about {_duration(total)} "
-                  f"(rough: 6·params·tokens FLOPs per training example at {gflops:.0f} GFLOP/s, "
+    todo = [c for c in cells if c.key not in records]
+    unknown = sum(estimates[c.key] is None for c in todo)
+    console.print(f"to run: {len(todo)} cells, about {_duration(sum(estimates[c.key] or 0 for c in todo))}"
+                  f"{f' plus {unknown} cells of unknown cost' if unknown else ''} (rough: 6·params·tokens FLOPs per "
+                  f"training example at {gflops:.0f} GFLOP/s, "
                   f"{'calibrated on this study' if cells_done else 'this project CPU default'})")
 
 
