@@ -16,12 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from codekd.data import DataError
-from codekd.io import OutputExistsError
+from codekd.io import OutputExistsError, is_main_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation for code models.")
-console = Console()
-err = Console(stderr=True)
+console = Console(quiet=not is_main_process())  # under a multi-process launch, results print once
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+GLOBAL_BATCH = "global batch of one optimizer step: per-process batch × processes × --grad-accum"
+GRAD_ACCUM = "micro-batches each process accumulates per optimizer step"
 
 
 def _fail(message: str) -> None:
@@ -93,7 +95,8 @@ def vocab(task: str = typer.Option(..., help="defect | clone | exception"),
 def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
             model: str = typer.Option(..., help="hub id or local directory of any HF encoder"),
             out: Path = typer.Option(...), epochs: int = typer.Option(5), lr: float = typer.Option(2e-5),
-            batch_size: int = typer.Option(32), max_length: int = typer.Option(512), seed: int = typer.Option(42),
+            batch_size: int = typer.Option(32, help=GLOBAL_BATCH), grad_accum: int = typer.Option(1, help=GRAD_ACCUM),
+            max_length: int = typer.Option(512), seed: int = typer.Option(42),
             whitespace: str = typer.Option("collapse"), precision: str = typer.Option("fp32"),
             bucket: bool = typer.Option(True, "--bucket/--no-bucket", help="length-bucketed batches"),
             unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
@@ -102,8 +105,8 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
     """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
     from codekd.pipeline import train_teacher
 
-    cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                         "precision": precision, "bucket": bucket})
+    cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+                         "seed": seed, "precision": precision, "bucket": bucket})
     m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation)
     out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
     console.print(out_table)
@@ -118,11 +121,15 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
                                         "intermediate_size: 256}'"),
             vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
-            epochs: int = typer.Option(None), lr: float = typer.Option(None), batch_size: int = typer.Option(None),
+            epochs: int = typer.Option(None), lr: float = typer.Option(None),
+            batch_size: int = typer.Option(None, help=f"{GLOBAL_BATCH} (default 32)"),
+            grad_accum: int = typer.Option(None, help=f"{GRAD_ACCUM} (default 1)"),
             max_length: int = typer.Option(None), temperature: float = typer.Option(None),
             seed: int = typer.Option(None), whitespace: str = typer.Option(None),
             precision: str = typer.Option(None, help="student training: fp32 | bf16 | fp16 (CUDA)"),
             teacher_precision: str = typer.Option(None, help="teacher inference: auto (bf16 where supported) | fp32"),
+            teacher_device: str = typer.Option(None, help="where the frozen teacher runs: auto (each process's "
+                                               "device) | cpu | cuda"),
             max_grad_norm: float = typer.Option(None),
             bucket: bool = typer.Option(None, "--bucket/--no-bucket", help="length-bucketed batches (default on)"),
             align: str = typer.Option(None, help="token pairing for token-level methods: position (study) | offsets"),

@@ -43,7 +43,7 @@ RESULTS = "results.jsonl"
 DEMO_TEACHER = "demo-teacher"  # config alias of the all-MiniLM-L6-v2 weights shipped for the demo
 DEFAULT_GFLOPS = 80.0  # this project's 2-core CPU on a roberta-1.5m FT run (demo), for --dry-run estimates
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
-       "methods", "train", "efficiency", "cache", "align", "vocab_size")
+       "methods", "train", "efficiency", "cache", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,10 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     if any(get_method(m).teacher_needs for m in methods) and not teachers:
         _fail(path, "teachers", "the methods need a teacher")
     limit = _limits(path, raw.get("limit") or {}, data)
-    efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, **(raw.get("efficiency") or {})}
+    efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, "memory": True,
+                  **(raw.get("efficiency") or {})}
+    if set(efficiency) - {"runs", "warmup", "device", "threads", "memory"}:
+        _fail(path, "efficiency", "expected only runs, warmup, device, threads and memory")
     common = {"limit": limit, "max_length": int(raw.get("max_length", 512)),
               "truncation": raw.get("truncation", "head"), "whitespace": raw.get("whitespace", "collapse"),
               "vocab_size": raw.get("vocab_size"), "cache": bool(raw.get("cache", True))}
