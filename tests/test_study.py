@@ -178,3 +178,41 @@ def test_parse_shard():
     for bad in ("4/4", "x", "1/0", "-1/2"):
         with pytest.raises(ValueError, match="--shard"):
             parse_shard(bad)
+
+
+def test_shards_on_one_directory_run_each_cell_once(finished, small_exception, tiny_teacher, tmp_path):
+    """Two shards at once on one directory, one killed mid-cell and rerun, then an overlapping whole-grid run."""
+    _, expected = finished
+    out = tmp_path / "out"
+    config = write_study(tmp_path / "s.yaml", small_exception, tiny_teacher, out, seeds=[1, 2])
+    study = load_study(config)
+    sizes = [sum(c.kind == "student" for c in plan(study, shard=(i, 2))) for i in range(2)]
+    victim = sizes.index(max(sizes))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "codekd", "study", str(config), "--shard", f"{i}/2"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    procs = [start(0), start(1)]
+    victim_runs = {c.dir_name for c in plan(study, shard=(victim, 2)) if c.kind == "student"}
+    deadline = time.time() + 240
+    while procs[victim].poll() is None and time.time() < deadline and not any(
+            p.parent.name.removesuffix(".partial") in victim_runs for p in out.glob("runs/*.partial/checkpoint.pt")):
+        time.sleep(0.05)
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    other = procs[1 - victim]
+    assert other.wait(timeout=300) == 0, other.stderr.read()
+    assert len(read_results(out)) < 5  # the killed shard's cells are missing
+    rerun = subprocess.run([sys.executable, "-m", "codekd", "study", str(config), "--shard", f"{victim}/2"], env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    whole = subprocess.run([sys.executable, "-m", "codekd", "study", str(config)], env=env, capture_output=True,
+                           text=True)
+    assert whole.returncode == 0, whole.stderr
+    records = read_results(out)
+    assert len(records) == len({r["key"] for r in records}) == 5  # teacher + 2 methods × 2 seeds, none twice
+    assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results-0of2.jsonl", "results-1of2.jsonl"]
+    same_seed = [r for r in records if r["seed"] == 1 or r["kind"] == "teacher"]
+    assert _comparable(same_seed) == _comparable(expected)  # cells of seed 1 are those of the 1-seed grid
