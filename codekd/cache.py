@@ -18,6 +18,11 @@ examples of n_i tokens (T = Σ n_i), L layers, width H, A attention heads and C 
 - `owner`: host and process id of the build (tells a later build whether a leftover temporary is stale).
 - `manifest.json`, written last: what the cache holds and what it was built from.
 
+Under several processes (`accelerate launch` / `torchrun`) each runs the teacher on every P-th batch of
+the batches one process would run; the unpadded rows are gathered to the main process after every round
+of P batches, and it alone writes, so the files are the same bytes as a one-process build's. A process
+killed mid-way stops the build before the manifest and the rename: nothing looks complete.
+
 Padding is never stored: `TeacherCache.outputs` pads with zeros, where a live teacher has whatever the
 model computed at pad positions. Losses that mask pads see identical values; ones that do not (e.g.
 CKD's `study_padding=True`) would not, and should run the teacher live.
@@ -32,22 +37,21 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from codekd.encoding import SPEC_FILE, EncodedData, batch_order
-from codekd.io import atomic_dir, read_json, write_json
+from codekd.io import atomic_dir, is_main_process, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
 
 FORMAT = 1  # bump when the layout changes: it is part of every key
 MANIFEST = "manifest.json"
@@ -55,7 +59,7 @@ OWNER = "owner"
 DTYPES = {"fp16": (torch.float16, np.float16), "fp32": (torch.float32, np.float32)}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 CHUNK = 16 * 2**20
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main_process())
 
 
 def data_fingerprint(items: list[dict]) -> str:
@@ -220,39 +224,51 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _store(arrays: dict[str, np.ndarray], out: Outputs, indices: list[int], offsets: np.ndarray,
-           pair_offsets: np.ndarray, dtype: torch.dtype) -> None:
-    """Write one batch's outputs, without padding, into the cache's arrays."""
+def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: torch.dtype) -> dict[str, list]:
+    """One batch's outputs as the cache stores them, per example and without padding, on the CPU: the logits
+    in fp32, the rest in `dtype`. Only these rows travel between processes."""
     def stacked(states: tuple[Tensor, ...], dim: int) -> np.ndarray:
         return torch.stack([s.to(dtype) for s in states], dim).cpu().numpy()
 
-    arrays["logits"][indices] = out.logits.float().cpu().numpy()
-    if "first_token" in arrays:
-        arrays["first_token"][indices] = stacked(out.first_token, 1)
-    hidden = stacked(out.hidden_states, 2) if "hidden_states" in arrays else None  # (B, N, L+1, H)
-    attn = np.moveaxis(stacked(out.attentions, 4), 1, -1) if "attentions" in arrays else None  # (B, N, N, L, A)
-    for b, i in enumerate(indices):
-        n = offsets[i + 1] - offsets[i]
-        if hidden is not None:
-            arrays["hidden_states"][offsets[i]:offsets[i + 1]] = hidden[b, :n]
-        if attn is not None:
-            arrays["attentions"][pair_offsets[i]:pair_offsets[i + 1]] = attn[b, :n, :n].reshape(n * n, *attn.shape[3:])
+    rows: dict[str, list] = {"logits": list(out.logits.float().cpu().numpy())}
+    if "first_token" in stored:
+        rows["first_token"] = list(stacked(out.first_token, 1))
+    if "hidden_states" in stored:
+        hidden = stacked(out.hidden_states, 2)  # (B, N, L+1, H)
+        rows["hidden_states"] = [hidden[b, :n] for b, n in enumerate(lengths)]
+    if "attentions" in stored:
+        attn = np.moveaxis(stacked(out.attentions, 4), 1, -1)  # (B, N, N, L, A)
+        rows["attentions"] = [attn[b, :n, :n].reshape(n * n, *attn.shape[3:]) for b, n in enumerate(lengths)]
+    return rows
+
+
+def _store(arrays: dict[str, np.ndarray], rows: dict[str, list], indices: Sequence[int], offsets: np.ndarray,
+           pair_offsets: np.ndarray) -> None:
+    """Write one batch's rows (`_rows`) into the cache's arrays at its examples' places."""
+    for name, values in rows.items():
+        for i, value in zip(indices, values, strict=True):
+            if name == "hidden_states":
+                arrays[name][offsets[i]:offsets[i + 1]] = value
+            elif name == "attentions":
+                arrays[name][pair_offsets[i]:pair_offsets[i + 1]] = value
+            else:
+                arrays[name][i] = value
 
 
 def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: str | Path,
                 dtype: str = "fp16", budget_bytes: int = 2 * 2**30, batch_size: int = 64,
-                accelerator: Accelerator | None = None, inputs: dict[str, Any] | None = None) -> TeacherCache | None:
+                precision: str = "fp32", inputs: dict[str, Any] | None = None) -> TeacherCache | None:
     """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`.
 
     Returns the cache, or None (having written nothing) when it would exceed `budget_bytes`; the caller
     then runs the teacher live. The size is known after one forward pass (on the longest batch: batches
     go longest first, so padding is least and a memory error shows at once). Logits are stored in fp32,
     the rest in `dtype`. The directory appears only when complete (`atomic_dir`); an existing complete
-    cache at `path` is returned as it is. `accelerator` (`codekd.train.make_accelerator`) sets the device
-    and autocast (default fp32, on the accelerator's default device); `inputs` (`key_inputs`) is recorded
-    in the manifest.
+    cache at `path` is returned as it is. The teacher runs on this process's device with autocast at
+    `precision` (`fp32`, `bf16`); `inputs` (`key_inputs`) is recorded in the manifest. Every process of
+    a launch calls this and gets the cache; the teacher's work is shared out (see the module's notes).
     """
-    from codekd.train import _to, make_accelerator  # codekd.train uses this module
+    from codekd.train import _to, autocast, process_state  # codekd.train uses this module
 
     path = Path(path)
     stored = stored_needs(needs)
@@ -261,30 +277,37 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
     existing = TeacherCache.open(path)
     if existing is not None and existing.covers(stored):
         return existing
-    _remove_stale(path)
-    accelerator = accelerator or make_accelerator("fp32")
-    teacher = teacher.to(accelerator.device)
+    state = process_state()
+    main = state.is_main_process
+    if main:
+        _remove_stale(path)
+    teacher = teacher.to(state.device)
     items, pad_id = data.views[view]
     only_view = EncodedData(data.labels, {view: (items, pad_id)})
     lengths = np.array(data.lengths(view), dtype=np.int64)
     batches = batch_order(lengths.tolist(), batch_size, bucket=True, chunk=len(items))  # one chunk: longest first
+    mine = batches[state.process_index::state.num_processes]
+    torch_dtype, np_dtype = DTYPES[dtype]
 
-    def forward(indices: list[int]) -> Outputs:
-        with accelerator.autocast():
-            return run_frozen(teacher, _to(only_view.collate(indices)[view], accelerator.device), stored)
+    def rows(indices: list[int]) -> dict[str, list]:
+        with autocast(precision, state.device):
+            out = run_frozen(teacher, _to(only_view.collate(indices)[view], state.device), stored)
+        return _rows(out, stored, lengths[indices].tolist(), torch_dtype)
 
     started = time.perf_counter()
-    first = forward(batches[0])
+    first = rows(mine[0]) if mine else None
     n = len(items)
     offsets, pair_offsets = _offsets(lengths)
-    shapes: dict[str, tuple[int, ...]] = {"logits": (n, first.logits.shape[-1])}
-    if "first_token" in stored:
-        shapes["first_token"] = (n, len(first.first_token), first.first_token[0].shape[-1])
-    if "hidden_states" in stored:
-        shapes["hidden_states"] = (int(offsets[-1]), *shapes["first_token"][1:])
-    if "attentions" in stored:
-        shapes["attentions"] = (int(pair_offsets[-1]), len(first.attentions), first.attentions[0].shape[1])
-    torch_dtype, np_dtype = DTYPES[dtype]
+    shapes: dict[str, tuple[int, ...]] = {}
+    if main:  # from the longest batch, which is the main process's first
+        shapes["logits"] = (n, len(first["logits"][0]))
+        if "first_token" in stored:
+            shapes["first_token"] = (n, *first["first_token"][0].shape)
+        if "hidden_states" in stored:
+            shapes["hidden_states"] = (int(offsets[-1]), *first["hidden_states"][0].shape[1:])
+        if "attentions" in stored:
+            shapes["attentions"] = (int(pair_offsets[-1]), *first["attentions"][0].shape[1:])
+    shapes = broadcast_object_list([shapes])[0]
     dtypes = {name: np.float32 if name == "logits" else np_dtype for name in shapes}
     size = lengths.nbytes + sum(int(np.prod(s)) * np.dtype(dtypes[k]).itemsize for k, s in shapes.items())
     if size > budget_bytes:
@@ -292,24 +315,29 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
         return None
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, disable=not accelerator.is_main_process)
-    with atomic_dir(path, replace=True) as tmp, progress:
-        (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        np.save(tmp / "lengths.npy", lengths)
-        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtypes[name], shape=shape)
-                  for name, shape in shapes.items()}
+                        TimeRemainingColumn(), console=console, disable=not main)
+    with atomic_dir(path, replace=True) if main else nullcontext() as tmp, progress:
+        arrays: dict[str, np.ndarray] = {}
+        if main:
+            (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            np.save(tmp / "lengths.npy", lengths)
+            arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtypes[name],
+                                                      shape=shape) for name, shape in shapes.items()}
         bar = progress.add_task(f"caching {view} outputs", total=len(batches))
-        _store(arrays, first, batches[0], offsets, pair_offsets, torch_dtype)
-        del first  # the longest batch's outputs: free them before the next forward
-        progress.advance(bar)
-        for indices in batches[1:]:
-            _store(arrays, forward(indices), indices, offsets, pair_offsets, torch_dtype)
-            progress.advance(bar)
-        for array in arrays.values():
-            array.flush()
-        write_json(tmp / MANIFEST, {
-            "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
-            "needs": list(stored), "dtype": dtype, "precision": accelerator.mixed_precision, "examples": n,
-            "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
-            "build_seconds": round(time.perf_counter() - started, 3)})
+        for step in range(-(-len(batches) // state.num_processes)):  # every process takes part in every round
+            local = [(mine[step], first if step == 0 else rows(mine[step]))] if step < len(mine) else []
+            first = None  # the longest batch's rows: free them before the next forward
+            for indices, batch_rows in gather_object(local):  # one round: up to one batch per process
+                if main:
+                    _store(arrays, batch_rows, indices, offsets, pair_offsets)
+                progress.advance(bar)
+        if main:
+            for array in arrays.values():
+                array.flush()
+            write_json(tmp / MANIFEST, {
+                "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
+                "needs": list(stored), "dtype": dtype, "precision": precision, "examples": n,
+                "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
+                "build_seconds": round(time.perf_counter() - started, 3)})
+    state.wait_for_everyone()  # the main process has renamed the complete directory into place
     return TeacherCache.open(path)

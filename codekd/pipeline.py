@@ -5,6 +5,9 @@ Every command reads and validates all its inputs before writing anything. A run 
 finished, so `OUT/` is always complete: the best model in Hugging Face format (loadable with
 `from_pretrained(OUT)`), its tokenizer, `codekd.json` (input spec), `metrics.json` and `run.yaml`
 (the configuration and library versions that produced it).
+
+`teacher`, `distill`, `cache` and `evaluate` run the same under `accelerate launch` / `torchrun`: every
+process reads, checks, trains and evaluates; the main process alone writes, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ from codekd.train import (
     console,
     evaluate,
     fit,
-    make_accelerator,
+    micro_batch_size,
     normalized_weights,
+    process_state,
+    teacher_device,
     teacher_precision,
     teacher_view,
 )
@@ -92,7 +97,9 @@ def _save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec
 
 
 def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
-    """`OUT.partial/` for a new run, or the existing one when resuming the same configuration."""
+    """`OUT.partial/` for a new run, or the existing one when resuming the same configuration.
+
+    Every process checks it; once all have, the main process creates it and the others wait for that."""
     work = out.with_name(out.name + ".partial")
     saved = work / RUN_CONFIG
     if work.exists() and not resume:
@@ -102,9 +109,13 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
         if before != config:
             changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
             raise ValueError(f"--resume: {saved} was started with different options: {', '.join(changed)}")
-    work.mkdir(parents=True, exist_ok=True)
-    if not saved.exists():
-        atomic_write_text(saved, yaml.safe_dump({"config": config}, sort_keys=True))
+    state = process_state()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        if not saved.exists():
+            atomic_write_text(saved, yaml.safe_dump({"config": config}, sort_keys=True))
+    state.wait_for_everyone()
     return work
 
 
@@ -136,7 +147,7 @@ def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequen
     cache = TeacherCache.open(path)
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
-                            accelerator=make_accelerator(precision), inputs=inputs)
+                            precision=precision, inputs=inputs)
     console.print(f"teacher outputs: {'cached at ' + str(path) if cache else 'over the cache budget: run live'}")
     return cache
 
@@ -161,6 +172,9 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
     method = get_method(method_name)(shape_of(model), shape_of(teachers[0].model) if teachers else None, **hparams)
     check_teachers(method, len(teachers))
+    state = process_state()
+    micro_batch_size(cfg, state.num_processes)
+    teacher_device(cfg.teacher_device, state.device)
     weights = normalized_weights(teacher_weights, len(teachers))
     prepare(model, method.student_needs)
     for t in teachers:
@@ -181,7 +195,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     caches = []
     if cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
-                                teacher_precision(cfg.teacher_precision)) for i, t in enumerate(teachers)]
+                                teacher_precision(cfg.teacher_precision, state.device)) for i, t in enumerate(teachers)]
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
                  teachers=[t.model for t in teachers], teacher_weights=weights, teacher_caches=caches,
@@ -202,14 +216,16 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         metrics["teacher"] = best_teacher["metrics"]
         metrics["teacher_parameters"] = best_teacher["parameters"]
         metrics["retention"] = metrics["model"][task.headline] / max(metrics["teacher"][task.headline], 1e-12)
-    with atomic_dir(out) as tmp:
-        for f in (work / "best").iterdir():
-            shutil.copy2(f, tmp / f.name)
-        write_json(tmp / METRICS, metrics)
-        (tmp / RUN_CONFIG).write_text(yaml.safe_dump(
-            {"config": config, "train": asdict(cfg), "hparams": method.hp, "environment": environment()},
-            sort_keys=True))
-    shutil.rmtree(work)
+    if state.is_main_process:
+        with atomic_dir(out) as tmp:
+            for f in (work / "best").iterdir():
+                shutil.copy2(f, tmp / f.name)
+            write_json(tmp / METRICS, metrics)
+            (tmp / RUN_CONFIG).write_text(yaml.safe_dump(
+                {"config": config, "train": asdict(cfg), "hparams": method.hp,
+                 "environment": {**environment(), "processes": state.num_processes}}, sort_keys=True))
+        shutil.rmtree(work)
+    state.wait_for_everyone()
     return metrics
 
 
@@ -300,7 +316,8 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
-    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, teacher_precision(precision))
+    precision = teacher_precision(precision, process_state().device)
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, precision)
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",
@@ -314,7 +331,8 @@ def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: st
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)})
     metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),
                "metrics": evaluate(model, data_, t)}
-    write_json(Path(out) if out else Path(model_dir) / f"eval-{split}.json", metrics)
+    if process_state().is_main_process:
+        write_json(Path(out) if out else Path(model_dir) / f"eval-{split}.json", metrics)
     return metrics
 
 

@@ -1,39 +1,47 @@
-"""The one training loop every method shares, on Hugging Face Accelerate (CPU, one GPU or many).
+"""The one training loop every method shares, on Hugging Face Accelerate: one process (plain `python -m
+codekd`, CPU or one GPU) or many (`accelerate launch` / `torchrun`, GPUs over NCCL, CPUs over gloo).
 
 It is method-agnostic: per batch it asks the adapters for the student's (and the frozen teacher's)
 `Outputs`, hands them to the method, and minimises the method's "loss". After every epoch it
 evaluates on the validation split, keeps the best model by the task's headline metric, and writes a
 checkpoint atomically so a killed run resumes where the last finished epoch left it.
+
+The topology changes nothing but speed: `batch_size` is the global batch (one optimizer step), cut into
+processes × `grad_accum` micro-batches; the schedule counts global batches; evaluation computes each
+example once and gathers the logits; only the main process writes.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
+from torch import Tensor, nn
 from transformers import get_linear_schedule_with_warmup
 
 from codekd.cache import TeacherCache
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
-from codekd.io import atomic_file
+from codekd.io import atomic_file, is_main_process
 from codekd.methods import Method
-from codekd.models.adapters import Outputs, align_to, run, run_frozen
+from codekd.models.adapters import Outputs, align_to, run, run_frozen, unwrap
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main_process())
 CHECKPOINT = "checkpoint.pt"
 PRECISIONS = ("fp32", "bf16", "fp16")
+TEACHER_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -42,14 +50,16 @@ class TrainConfig:
 
     epochs: int = 5
     lr: float = 3e-4
-    batch_size: int = 32
-    eval_batch_size: int = 64
+    batch_size: int = 32  # the global batch of one optimizer step: per-process batch × processes × grad_accum
+    grad_accum: int = 1  # micro-batches each process accumulates before a step
+    eval_batch_size: int = 64  # per process: each evaluates whole batches
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping (the study's code never clips, by accident)
     seed: int = 42
     precision: str = "fp32"  # the student's training precision
     teacher_precision: str = "auto"  # the frozen teacher's inference: bf16 where supported, else fp32
+    teacher_device: str = "auto"  # where the frozen teacher runs: auto (this process's device) | cpu | cuda
     bucket: bool = True  # group similar lengths into batches (less padding); False = plain random batches
 
 
@@ -85,12 +95,13 @@ def check_teachers(method: Method, n: int) -> None:
         raise ValueError(f"method {method.name!r} compares features; several teachers work with logit methods only")
 
 
-def bf16_supported() -> bool:
-    """bf16 on this device: a GPU that has it, or a CPU whose oneDNN has bf16 kernels (AVX-512 BF16 / AMX).
+def bf16_supported(device: torch.device | None = None) -> bool:
+    """bf16 on `device` (default: the GPU if there is one, else the CPU): a GPU that has it, or a CPU whose
+    oneDNN has bf16 kernels (AVX-512 BF16 / AMX).
 
     Without them CPU bf16 is emulated and several times slower than fp32.
     """
-    if torch.cuda.is_available():
+    if (device.type if device is not None else "cuda" if torch.cuda.is_available() else "cpu") == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -107,30 +118,80 @@ def check_precision(precision: str, option: str = "--precision") -> str:
     return precision
 
 
-def teacher_precision(precision: str) -> str:
-    """The teacher's inference precision: `auto` is bf16 where supported, else fp32."""
+def teacher_precision(precision: str, device: torch.device | None = None) -> str:
+    """The teacher's inference precision on `device`: `auto` is bf16 where supported, else fp32."""
     if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
+        return "bf16" if bf16_supported(device) else "fp32"
     return check_precision(precision, "--teacher-precision")
 
 
-def teacher_autocast(precision: str, device: torch.device):
-    """Autocast for the frozen teacher's forward, independent of the student's precision."""
+def autocast(precision: str, device: torch.device):
+    """Autocast for inference (the frozen teacher, evaluation) at `precision`, whatever the student's."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
 
 
+def process_state() -> PartialState:
+    """This process's place in the launch: rank, process count, device (plain `python`: one process).
+
+    A multi-process launch on a machine without a GPU runs on the CPUs over gloo; Accelerate alone
+    would start each process as a single one there.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=launched and not torch.accelerator.is_available())
+
+
 def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator for `fp32`, `bf16` or `fp16` (fp16 needs CUDA, where a grad scaler is used)."""
+    """An Accelerator for training in `fp32`, `bf16` or `fp16` (fp16 needs CUDA, where a grad scaler is used)."""
     check_precision(precision)
+    process_state()  # first: it chooses gloo for a multi-process launch without GPUs
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
 
 
+def teacher_device(option: str, device: torch.device) -> torch.device:
+    """Where the frozen teacher runs, for a process whose device is `device` (`auto`: the same one)."""
+    if option not in TEACHER_DEVICES:
+        raise ValueError(f"--teacher-device {option!r}: expected one of {', '.join(TEACHER_DEVICES)}")
+    if option == "cuda" and device.type != "cuda":
+        raise ValueError("--teacher-device cuda: this process has no CUDA device")
+    return torch.device("cpu") if option == "cpu" else device
+
+
+def micro_batch_size(cfg: TrainConfig, processes: int) -> int:
+    """Examples per forward on each process: the global `batch_size` over processes × `grad_accum`."""
+    if cfg.grad_accum < 1:
+        raise ValueError(f"--grad-accum {cfg.grad_accum}: expected 1 or more")
+    parts = processes * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of processes × "
+                         f"--grad-accum = {processes} × {cfg.grad_accum}")
+    return cfg.batch_size // parts
+
+
+def micro_batches(batches: Sequence[list[int]], processes: int, rank: int, accum: int) -> list[tuple[list[int], float]]:
+    """Process `rank`'s micro-batches of the global `batches`, in step order, each with its loss weight.
+
+    A global batch is cut into processes × `accum` contiguous slices whose sizes differ by at most one;
+    process r takes slice k·P + r at accumulation step k. The weight is the slice's share of the global
+    batch × P (DDP averages over processes), so the gradients add up to the global batch's mean whatever
+    the cut. A process left without examples by a short last batch runs a stand-in example at weight 0.
+    """
+    parts, plan = processes * accum, []
+    for batch in batches:
+        size, extra = divmod(len(batch), parts)
+        bounds = np.cumsum([0] + [size + (i < extra) for i in range(parts)])
+        for j in range(rank, parts, processes):
+            ids = batch[bounds[j]:bounds[j + 1]]
+            plan.append((ids or batch[:1], len(ids) * processes / len(batch)))
+    return plan
+
+
 def loader(data: EncodedData, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = False,
-           bucket: bool = True, view: str = "student") -> torch.utils.data.DataLoader:
-    """Batches of `data`, length-bucketed on `view` unless `bucket` is off."""
+           bucket: bool = True, view: str = "student", part: int = 0, parts: int = 1) -> torch.utils.data.DataLoader:
+    """Batches of `data`, length-bucketed on `view` unless `bucket` is off; of them, every `parts`-th from
+    number `part` (one process's share)."""
     batches = batch_order(data.lengths(view), batch_size, seed, epoch, shuffle, bucket)
-    return torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=data.collate)
+    return torch.utils.data.DataLoader(data, batch_sampler=batches[part::parts], collate_fn=data.collate)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -139,30 +200,38 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def logits_of(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
-              accelerator: Accelerator | None = None) -> torch.Tensor:
-    """Logits [N, C] (fp32) of `model` on the `view` encodings of `data`, in data order."""
-    accelerator = accelerator or make_accelerator("fp32")
-    model = model.to(accelerator.device)
-    logits: torch.Tensor | None = None
-    for batch in loader(data, batch_size, view=view):
-        with accelerator.autocast():
-            out = run_frozen(model, _to(batch[view], accelerator.device), ("logits",))
+              precision: str = "fp32") -> Tensor:
+    """Logits [N, C] (fp32, on the CPU) of `model` on the `view` encodings of `data`, in data order.
+
+    Exact under any number of processes: each runs every P-th batch of the same batches one process
+    would run and the rows are gathered by example index, so every example is computed once (no
+    sampler padding, no duplicates) and every process gets all N rows.
+    """
+    state = process_state()
+    model = unwrap(model).to(state.device)  # not through DDP: processes run different numbers of batches
+    parts = []
+    for batch in loader(data, batch_size, view=view, part=state.process_index, parts=state.num_processes):
+        with autocast(precision, state.device):
+            out = run_frozen(model, _to(batch[view], state.device), ("logits",))
+        parts.append((batch["index"], out.logits.float().cpu()))
+    logits: Tensor | None = None
+    for index, rows in gather_object(parts):
         if logits is None:
-            logits = torch.empty(len(data), out.logits.size(-1), device=out.logits.device)
-        logits[batch["index"].to(out.logits.device)] = out.logits.float()
+            logits = torch.empty(len(data), rows.size(-1))
+        logits[index] = rows
     return logits
 
 
 def predict(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
-            accelerator: Accelerator | None = None) -> np.ndarray:
+            precision: str = "fp32") -> np.ndarray:
     """Class probabilities [N, C] of `model` on the `view` encodings of `data`, in data order."""
-    return torch.softmax(logits_of(model, data, view, batch_size, accelerator), dim=-1).cpu().numpy()
+    return torch.softmax(logits_of(model, data, view, batch_size, precision), dim=-1).numpy()
 
 
 def evaluate(model: nn.Module, data: EncodedData, task: Task, view: str = "student", batch_size: int = 64,
-             accelerator: Accelerator | None = None) -> dict[str, float]:
-    """The task's metrics of `model` on `data`."""
-    return task.metrics(data.labels, predict(model, data, view, batch_size, accelerator))
+             precision: str = "fp32") -> dict[str, float]:
+    """The task's metrics of `model` on `data` (on every process, from all processes' predictions)."""
+    return task.metrics(data.labels, predict(model, data, view, batch_size, precision))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -183,25 +252,47 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _method_loss(method: Method, student: Outputs, teachers: Sequence[nn.Module], weights: Sequence[float],
-                 caches: Sequence[TeacherCache | None], batch: dict[str, Any],
-                 precision: str) -> dict[str, torch.Tensor]:
-    """The method's losses; with several teachers, their weighted sum (one term per teacher)."""
-    if not method.teacher_needs:
-        return method(student, None, batch["labels"])
-    total: dict[str, torch.Tensor] = {}
-    for i, (teacher, weight) in enumerate(zip(teachers, weights, strict=True)):
+def _teacher_outputs(teachers: Sequence[nn.Module], caches: Sequence[TeacherCache | None], needs: Sequence[str],
+                     batch: dict[str, Any], precision: str, device: torch.device) -> list[Outputs]:
+    """Each teacher's outputs on `batch`, on the student's `device`: read from its cache when it has one,
+    else computed where the teacher sits, in inference mode."""
+    outputs = []
+    for i, teacher in enumerate(teachers):
         cache = caches[i] if caches else None
         if cache is not None:
-            t_out = cache.outputs(batch["index"], student.logits.device)
+            out = cache.outputs(batch["index"], device)
         else:
-            with teacher_autocast(precision, student.logits.device):
-                t_out = run_frozen(teacher, batch[teacher_view(i)], method.teacher_needs)
+            where = next(teacher.parameters()).device
+            with autocast(precision, where):
+                out = run_frozen(teacher, _to(batch[teacher_view(i)], where), needs).to(device)
         if align_view(i) in batch:
-            t_out = align_to(t_out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
-        for key, value in method(student, t_out, batch["labels"]).items():
-            total[key] = total.get(key, 0.0) + weight * value
-    return total
+            out = align_to(out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
+        outputs.append(out)
+    return outputs
+
+
+class Trainee(nn.Module):
+    """What a run trains: the student and the method's own modules (PKD's and TinyBERT's projections).
+
+    One module, so that one `accelerator.prepare` (one DDP wrapper) averages all their gradients across
+    processes; the teachers are inputs, never parameters.
+    """
+
+    def __init__(self, student: nn.Module, method: Method):
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, batch: dict[str, Any], targets: Sequence[Outputs], weights: Sequence[float]) -> dict[str, Tensor]:
+        """The method's losses against the teachers' outputs `targets`; with several teachers, their weighted
+        sum (one term per teacher)."""
+        student = run(self.student, batch["student"], self.method.student_needs)
+        if not self.method.teacher_needs:
+            return self.method(student, None, batch["labels"])
+        total: dict[str, Tensor] = {}
+        for t_out, weight in zip(targets, weights, strict=True):
+            for key, value in self.method(student, t_out, batch["labels"]).items():
+                total[key] = total.get(key, 0.0) + weight * value
+        return total
 
 
 def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedData, task: Task,
@@ -214,39 +305,51 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     `teacher_weights` (normalised to sum to 1; equal by default). A teacher with a cache of its
     outputs on `train` (`codekd.cache`) is not run at all.
 
-    `save_best` is called with the student whenever the validation headline metric improves.
-    With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if it
-    had never stopped: model, method, optimiser, schedule and random state are all restored.
+    One optimizer step per global batch of `cfg.batch_size` examples, whatever the number of processes:
+    each process accumulates `cfg.grad_accum` micro-batches of it (`micro_batches`).
+
+    `save_best` is called (on the main process) with the student whenever the validation headline metric
+    improves. With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if
+    it had never stopped: model, method, optimiser, schedule and every process's random state are restored.
     """
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg.precision)
-    set_seed(cfg.seed)
-    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    processes, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    if accelerator.is_main_process:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    micro = micro_batch_size(cfg, processes)
+    set_seed(cfg.seed, device_specific=True)  # each process its own dropout; process 0 as a lone process
+    trainee = Trainee(student, method)
+    optimizer = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-8,
+                                  weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    method.to(accelerator.device)
-    for teacher in teachers:
-        teacher.to(accelerator.device).eval()
+    trainee, optimizer = accelerator.prepare(trainee, optimizer)  # not the scheduler: it counts global batches
+    model = accelerator.unwrap_model(trainee)
+    where = teacher_device(cfg.teacher_device, device)
+    for teacher in teachers:  # frozen, in inference mode, never wrapped by DDP
+        teacher.to(where).eval()
         teacher.requires_grad_(False)
     weights = normalized_weights(teacher_weights, len(teachers))
-
     check_teachers(method, len(teachers))
-    t_precision = teacher_precision(cfg.teacher_precision)
+    t_precision = teacher_precision(cfg.teacher_precision, where)
+    needs = method.teacher_needs if teachers else ()
+    if processes > 1 or cfg.grad_accum > 1:
+        console.print(f"global batch {cfg.batch_size} = {processes} process(es) × {cfg.grad_accum} accumulation "
+                      f"step(s) × {micro} examples")
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
     start_epoch = 1
     ckpt_path = work_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        accelerator.unwrap_model(student).load_state_dict(state["student"])
-        method.load_state_dict(state["method"])
+        model.student.load_state_dict(state["student"])
+        model.method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        if rank < len(state["rng"]):  # one state per process that wrote it; a new process keeps its seed
+            _set_rng_state(state["rng"][rank])
         result = FitResult(state["best_score"], state["best_epoch"], state["history"])
         start_epoch = state["epoch"] + 1
         console.print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
@@ -257,40 +360,51 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     with progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
             bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
-            student.train()
-            method.train()
+            trainee.train()
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
-            batches = loader(train, cfg.batch_size, cfg.seed, epoch, shuffle=True, bucket=cfg.bucket)
-            for batch in accelerator.prepare_data_loader(batches):
-                with accelerator.autocast():
-                    s_out = run(student, batch["student"], method.student_needs)
-                    losses = _method_loss(method, s_out, teachers, weights, teacher_caches, batch, t_precision)
-                accelerator.backward(losses["loss"])
+            order = batch_order(train.lengths(), cfg.batch_size, cfg.seed, epoch, shuffle=True, bucket=cfg.bucket)
+            plan = micro_batches(order, processes, rank, cfg.grad_accum)
+            batches = torch.utils.data.DataLoader(train, batch_sampler=[ids for ids, _ in plan],
+                                                  collate_fn=train.collate)
+            for k, (batch, (_, weight)) in enumerate(zip(batches, plan, strict=True)):
+                batch = _to(batch, device)
+                targets = _teacher_outputs(teachers, teacher_caches, needs, batch, t_precision, device) if needs else []
+                step = k % cfg.grad_accum == cfg.grad_accum - 1  # the last micro-batch: synchronise, then step
+                with nullcontext() if step else accelerator.no_sync(trainee):
+                    with accelerator.autocast():
+                        losses = trainee(batch, targets, weights)
+                    accelerator.backward(losses["loss"] * weight)
+                examples = len(batch["labels"]) if weight else 0
+                seen += examples
+                loss_sum += losses["loss"].item() * examples
+                if not step:
+                    continue
                 if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainee.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if not accelerator.optimizer_step_was_skipped:  # fp16: a step with inf/NaN gradients
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                seen += len(batch["labels"])
-                loss_sum += losses["loss"].item() * len(batch["labels"])
-                rate = seen / (time.perf_counter() - started)
-                progress.update(bar, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:.1f} ex/s")
+                rate = seen * processes / (time.perf_counter() - started)
+                progress.update(bar, advance=1, info=f"loss {loss_sum / max(seen, 1):.4f}  {rate:.1f} ex/s")
             train_seconds = time.perf_counter() - started
-            metrics = evaluate(student, valid, task, batch_size=cfg.eval_batch_size, accelerator=accelerator)
-            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_seconds": train_seconds,
-                      "seconds": time.perf_counter() - started, "valid": metrics}
+            totals = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64, device=device), "sum")
+            metrics = evaluate(model.student, valid, task, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            record = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1),
+                      "train_seconds": train_seconds, "seconds": time.perf_counter() - started, "valid": metrics}
             result.history.append(record)
             score = metrics[task.headline]
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch
                 if accelerator.is_main_process:
-                    save_best(accelerator.unwrap_model(student))
+                    save_best(model.student)
             console.print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid {task.headline} "
                           f"{score:.4f} (best {result.best_score:.4f} @ {result.best_epoch})")
+            rng = gather_object([_rng_state()])
             if accelerator.is_main_process:
                 _save_checkpoint(ckpt_path, {
-                    "epoch": epoch, "student": accelerator.unwrap_model(student).state_dict(),
-                    "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "best_score": result.best_score,
-                    "best_epoch": result.best_epoch, "history": result.history})
+                    "epoch": epoch, "student": model.student.state_dict(), "method": model.method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                    "best_score": result.best_score, "best_epoch": result.best_epoch, "history": result.history})
+            accelerator.wait_for_everyone()  # the checkpoint and best/ are complete before anyone goes on
     return result

@@ -278,10 +278,10 @@ def test_precision_options_are_checked(monkeypatch):
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         train.make_accelerator("fp16")
-    monkeypatch.setattr(train, "bf16_supported", lambda: False)
+    monkeypatch.setattr(train, "bf16_supported", lambda device=None: False)
     with pytest.raises(ValueError, match="no native bf16"):
         train.make_accelerator("bf16")
     assert train.teacher_precision("auto") == "fp32"
-    monkeypatch.setattr(train, "bf16_supported", lambda: True)
+    monkeypatch.setattr(train, "bf16_supported", lambda device=None: True)
     assert train.teacher_precision("auto") == "bf16"
     assert train.check_precision("bf16") == "bf16"

@@ -27,6 +27,14 @@ class Outputs:
     first_token: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
 
+    def to(self, device: torch.device | str) -> Outputs:
+        """The same outputs on `device` (a teacher placed on another device than the student's)."""
+        def move(states: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
+            return None if states is None else tuple(s.to(device) for s in states)
+
+        return Outputs(self.logits.to(device), self.mask.to(device), move(self.hidden_states),
+                       move(self.first_token), move(self.attentions))
+
 
 @dataclass(frozen=True)
 class ModelShape:

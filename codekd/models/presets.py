@@ -46,6 +46,7 @@ class StudentSpec:
     num_layers: int
     num_heads: int = 0  # roberta only
     intermediate_size: int = 0  # roberta only
+    dropout: float = 0.1  # hidden and attention dropout (RoBERTa's and the study's 0.1); 0 makes training deterministic
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -65,6 +66,8 @@ class StudentSpec:
                 f"roberta students need num_heads and intermediate_size >= 1, "
                 f"got {self.num_heads}, {self.intermediate_size}"
             )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.kind == "roberta" and self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
 
@@ -98,9 +101,11 @@ def custom_spec(
     num_layers: int,
     num_heads: int = 0,
     intermediate_size: int = 0,
+    dropout: float = 0.1,
 ) -> StudentSpec:
     """A validated spec named "custom", for shapes outside the study (e.g. tiny test models)."""
-    return StudentSpec("custom", kind, vocab_size, hidden_size, num_layers, num_heads, intermediate_size)
+    return StudentSpec("custom", kind, vocab_size, hidden_size, num_layers, num_heads, intermediate_size,
+                       float(dropout))
 
 
 def build_student(
@@ -125,11 +130,13 @@ def build_student(
         bos_token_id=0,
         eos_token_id=2,
         num_labels=num_labels,
+        hidden_dropout_prob=spec.dropout,
     )
     if spec.kind == "gru":
         return BiGRUForSequenceClassification(BiGRUConfig(**common))
     config = RobertaConfig(
-        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size, **common
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
+        attention_probs_dropout_prob=spec.dropout, **common
     )
     return RobertaForSequenceClassification(config)
 
