@@ -61,10 +61,10 @@ def _load_config(path: Path | None) -> dict[str, Any]:
 
 def _train_config(cfg: dict[str, Any]):
     """A TrainConfig from the given options that it knows; the rest keep their defaults."""
-    from codekd.train import TrainConfig
+    from codekd.train import TrainConfig, train_options
 
     keys = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in cfg.items() if k in keys and v is not None})
+    return TrainConfig(**train_options({k: v for k, v in cfg.items() if k in keys and v is not None}))
 
 
 def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:

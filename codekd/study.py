@@ -37,7 +37,7 @@ from codekd.data.readers import _NAMES
 from codekd.io import atomic_dir, atomic_write_text, process_alive
 from codekd.methods import get_method
 from codekd.models import get_preset
-from codekd.train import TrainConfig, console
+from codekd.train import TrainConfig, console, train_options
 
 RESULTS = "results.jsonl"
 DEMO_TEACHER = "demo-teacher"  # config alias of the all-MiniLM-L6-v2 weights shipped for the demo
@@ -124,21 +124,10 @@ def _fail(path: Path, where: str, what: str) -> None:
 def _train_options(path: Path, where: str, opts: Any) -> dict[str, Any]:
     if not isinstance(opts, dict):
         _fail(path, where, "expected a mapping of training options (epochs, lr, batch_size, ...)")
-    unknown = set(opts) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        _fail(path, where, f"unknown training option(s) {', '.join(sorted(unknown))}; known: "
-              f"{', '.join(TrainConfig.__dataclass_fields__)}")
-    defaults = TrainConfig()
-    typed = {}
-    for key, value in opts.items():
-        kind = type(getattr(defaults, key))
-        try:
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            typed[key] = kind(value)  # YAML reads 2e-4 (no dot) as a string
-        except ValueError as e:
-            _fail(path, f"{where}.{key}", f"{value!r}: {e}")
-    return typed
+    try:
+        return train_options(opts, where)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def resolve_data(value: str) -> Path:

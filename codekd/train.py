@@ -63,6 +63,26 @@ class TrainConfig:
     bucket: bool = True  # group similar lengths into batches (less padding); False = plain random batches
 
 
+def train_options(opts: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`TrainConfig` fields from a mapping (a YAML file), each converted to its field's type: YAML reads
+    `2e-4` (no dot) as a string. An unknown field or a bad value is a ValueError naming `where`.key."""
+    defaults = TrainConfig()
+    unknown = set(opts) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{where or 'options'}: unknown training option(s) {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(TrainConfig.__dataclass_fields__)}")
+    typed = {}
+    for key, value in opts.items():
+        kind = type(getattr(defaults, key))
+        try:
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            typed[key] = kind(value)
+        except ValueError as e:
+            raise ValueError(f"{where + '.' if where else '--'}{key} {value!r}: {e}") from None
+    return typed
+
+
 @dataclass
 class FitResult:
     best_score: float

@@ -157,6 +157,9 @@ def test_yaml_exponents_without_a_dot_are_numbers(small_exception, tiny_teacher,
     write_study(config, small_exception, tiny_teacher, tmp_path / "o")
     config.write_text(config.read_text().replace("lr: 0.001", "lr: 1e-3"))
     assert load_study(config).train["lr"] == 1e-3
+    from codekd.cli import _train_config  # `distill --config FILE.yaml` reads its training options the same way
+
+    assert _train_config(yaml.safe_load("lr: 2e-4\nepochs: 3")).lr == 2e-4
 
 
 def test_claims(tmp_path):
