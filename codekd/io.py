@@ -25,6 +25,14 @@ def check_new_output(path: str | Path) -> Path:
     return path
 
 
+def _plain(mode: int) -> int:
+    """`mode` less the process umask: the permissions a plain `open`/`mkdir` would give (mkstemp and
+    mkdtemp make their temporaries private, and the rename would keep that)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextmanager
 def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that becomes `path` only if the block succeeds.
@@ -35,6 +43,7 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     path = Path(path) if replace else check_new_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(_plain(0o777))
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")
@@ -53,6 +62,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _plain(0o666))
     try:
         yield Path(tmp)
         os.replace(tmp, path)
