@@ -353,7 +353,7 @@ def _teacher_dir(study: Study, cell: Cell) -> Path:
 def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     """Train (or resume) one cell, measure its model, and return its record."""
     from codekd.bench import measure_efficiency
-    from codekd.pipeline import CacheOptions, distill, environment, read_metrics, train_teacher
+    from codekd.pipeline import CacheOptions, distill, environment, evaluate_model, read_metrics, train_teacher
 
     started = time.perf_counter()
     data = _data_for(study, cell.task)
@@ -378,10 +378,15 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
                     whitespace=c["whitespace"], hparams=cell.config["hparams"], resume=True,
                     align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]))
     m = read_metrics(run_dir)
+    if cell.kind == "teacher":  # a `dir:` teacher was tested on its own data: test it on this study's split
+        (study.out / "evals").mkdir(exist_ok=True)
+        m["model"] = evaluate_model(cell.task, data, run_dir, out=study.out / "evals" / f"{cell.dir_name}.json")[
+            "metrics"]
     eff = measure_efficiency(run_dir, data, **study.efficiency)
-    return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task, "headline": m["headline"],
-            "teacher": cell.teacher, "student": cell.student, "method": cell.method, "seed": cell.seed,
-            "metrics": m["model"], "teacher_metrics": m["teacher"], "retention": m["retention"],
+    return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task,
+            "headline": get_task(cell.task).headline, "teacher": cell.teacher, "student": cell.student,
+            "method": cell.method, "seed": cell.seed, "metrics": m["model"], "teacher_metrics": m["teacher"],
+            "retention": m["retention"],
             "parameters": m["parameters"], "size_mb": m["size_mb"], "efficiency": eff,
             "wall_seconds": time.perf_counter() - started, "train_seconds": m["train_seconds"],
             "best_epoch": m["best_epoch"], "run_dir": str(run_dir.relative_to(study.out))

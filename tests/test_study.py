@@ -49,6 +49,8 @@ def test_grid_runs_end_to_end(finished):
     kd = next(r for r in records if r["method"] == "kd")
     ft = next(r for r in records if r["kind"] == "student" and r["method"] == "ft")
     assert ft["teacher"] is None and kd["teacher"] == "tiny"
+    teacher = next(r for r in records if r["kind"] == "teacher")
+    assert teacher["metrics"] == kd["teacher_metrics"]  # the reference row is tested on the study's own split
     assert kd["retention"] == pytest.approx(kd["metrics"]["accuracy"] / kd["teacher_metrics"]["accuracy"])
     for r in records:
         assert r["metrics"]["n"] == 32 and r["efficiency"]["runs"] == 5 and r["efficiency"]["latency_ms"]["p50"] > 0
