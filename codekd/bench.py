@@ -7,10 +7,13 @@ Peers time one forward with `time.time()` and no warm-up; here every figure is d
 - **latency** (batch 1): `warmup` untimed forwards, then `runs` timed ones (≥ 50 by default);
   p50, p95 and mean in ms. On CUDA every timing is bracketed by `torch.cuda.synchronize()`.
 - **throughput** (batch 32): examples per second from the median of timed batch-32 forwards.
-- **peak memory**: on CPU, the growth of the peak resident set of a fresh process while it loads the
-  model and runs one batch-32 forward (the interpreter and libraries are excluded); on CUDA, the
-  peak allocated device memory over the same steps.
-- **threads**: torch's intra-op thread count during the measurement, recorded.
+- **peak memory**: on CPU, the growth of the process's peak resident set while it loads the model
+  and runs the batch-32 forwards (the interpreter and libraries are excluded); on CUDA, the peak
+  allocated device memory over the same steps.
+- **threads**: torch's intra-op thread count during the measurement (the caller's by default), recorded.
+
+All of it runs in a fresh (spawned) process, so the figures do not depend on what the calling process
+did before: a study measures each model right after training it, with a heap and caches full of that.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,60 +88,52 @@ def _max_rss_mb() -> float:
     return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
 
 
-def _cpu_peak_child(model_dir: str, ids: list[list[int]], threads: int, queue: Any) -> None:
+def _measure(model_dir: str, one: list[int], many: list[list[int]], device: str, threads: int, warmup: int,
+             runs: int) -> dict[str, Any]:
+    """Load the model, time it, and measure its peak memory, in whichever process calls this."""
+    dev = torch.device(device)
     torch.set_num_threads(threads)
-    before = _max_rss_mb()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev) / 1e6 if dev.type == "cuda" else _max_rss_mb()
     model, tokenizer, _ = load_model_dir(model_dir)
-    run_frozen(model, _batch(ids, tokenizer.pad_token_id, torch.device("cpu")), ("logits",))
-    queue.put(_max_rss_mb() - before)
-
-
-def peak_memory_mb(model_dir: Path, ids: list[list[int]], device: torch.device, threads: int) -> float:
-    """Peak memory (MB, 10^6 bytes) of loading the model and one forward on `ids` (see the module doc)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        model, tokenizer, _ = load_model_dir(model_dir)
-        model.to(device)
-        run_frozen(model, _batch(ids, tokenizer.pad_token_id, device), ("logits",))
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del model
-        return peak / 1e6
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_cpu_peak_child, args=(str(model_dir), ids, threads, queue))
-    child.start()
-    peak = queue.get(timeout=600)
-    child.join()
-    return float(peak)
+    model.to(dev)
+    batch_times = _timed(model, _batch(many, tokenizer.pad_token_id, dev), max(1, warmup // 5), max(10, runs // 5))
+    peak = (torch.cuda.max_memory_allocated(dev) / 1e6 if dev.type == "cuda" else _max_rss_mb()) - base
+    latency = _timed(model, _batch([one], tokenizer.pad_token_id, dev), warmup, runs)
+    return {"parameters": count_parameters(model), "threads": torch.get_num_threads(), "latency": latency,
+            "batch_times": batch_times, "peak": peak}
 
 
 def measure_efficiency(model_dir: str | Path, data: str | Path, runs: int = 50, warmup: int = 10,
-                       device: str = "cpu", threads: int | None = None, memory: bool = True) -> dict[str, Any]:
-    """Parameters, size, batch-1 latency percentiles, batch-32 throughput and peak memory of a model directory."""
+                       device: str = "cpu", threads: int | None = None, isolate: bool = True) -> dict[str, Any]:
+    """Parameters, size, batch-1 latency percentiles, batch-32 throughput and peak memory of a model directory.
+
+    `isolate` (default) measures in a fresh process; without it the figures are taken in this process and
+    peak memory is not reported (it would include whatever this process allocated before).
+    """
     if runs < 1 or warmup < 0:
         raise ValueError(f"--runs {runs} / --warmup {warmup}: expected runs ≥ 1 and warmup ≥ 0")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    model_dir, dev = Path(model_dir), torch.device(device)
+    model_dir = Path(model_dir)
     one, many = inputs_from_data(model_dir, data)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        model, tokenizer, _ = load_model_dir(model_dir)
-        model.to(dev)
-        latency = _timed(model, _batch([one], tokenizer.pad_token_id, dev), warmup, runs)
-        batch_times = _timed(model, _batch(many, tokenizer.pad_token_id, dev), max(1, warmup // 5), max(10, runs // 5))
-        used = torch.get_num_threads()
-        peak = peak_memory_mb(model_dir, many, dev, used) if memory else None
-    finally:
-        torch.set_num_threads(before)
-    return {"parameters": count_parameters(model), "size_mb": size_mb(model_dir), "device": device,
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "threads": used,
+    args = (str(model_dir), one, many, device, threads or torch.get_num_threads(), warmup, runs)
+    if isolate:  # a child's error, or its death, is raised here
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            m = pool.submit(_measure, *args).result()
+    else:
+        before = torch.get_num_threads()
+        try:
+            m = {**_measure(*args), "peak": None}
+        finally:
+            torch.set_num_threads(before)
+    latency = m["latency"]
+    return {"parameters": m["parameters"], "size_mb": size_mb(model_dir), "device": device,
+            "device_name": torch.cuda.get_device_name(0) if device == "cuda" else None, "threads": m["threads"],
             "input_tokens": len(one), "batch_tokens": max(len(x) for x in many), "warmup": warmup, "runs": runs,
+            "isolated": isolate,
             "latency_ms": {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
                            "mean": float(np.mean(latency))},
-            "throughput": len(many) / (float(np.median(batch_times)) / 1000), "throughput_batch": len(many),
-            "peak_memory_mb": peak}
+            "throughput": len(many) / (float(np.median(m["batch_times"])) / 1000), "throughput_batch": len(many),
+            "peak_memory_mb": m["peak"]}

@@ -185,10 +185,10 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     if any(get_method(m).teacher_needs for m in methods) and not teachers:
         _fail(path, "teachers", "the methods need a teacher")
     limit = _limits(path, raw.get("limit") or {}, data)
-    efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, "memory": True,
+    efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, "isolate": True,
                   **(raw.get("efficiency") or {})}
-    if set(efficiency) - {"runs", "warmup", "device", "threads", "memory"}:
-        _fail(path, "efficiency", "expected only runs, warmup, device, threads and memory")
+    if set(efficiency) - {"runs", "warmup", "device", "threads", "isolate"}:
+        _fail(path, "efficiency", "expected only runs, warmup, device, threads and isolate")
     common = {"limit": limit, "max_length": int(raw.get("max_length", 512)),
               "truncation": raw.get("truncation", "head"), "whitespace": raw.get("whitespace", "collapse"),
               "vocab_size": raw.get("vocab_size"), "cache": bool(raw.get("cache", True))}

@@ -23,7 +23,7 @@ def write_study(path: Path, data: Path, teacher: Path, out: Path, **changes) -> 
            "teachers": {"tiny": {"dir": str(teacher)}}, "students": ["roberta-0.6m"], "vocab_size": 400,
            "train": {"epochs": 3, "lr": 1e-3, "batch_size": 16},
            "methods": {"ft": {}, "kd": {"hparams": {"temperature": 4.0, "alpha": 0.5}}},
-           "efficiency": {"runs": 5, "warmup": 2, "memory": False}, **changes}
+           "efficiency": {"runs": 5, "warmup": 2, "isolate": False}, **changes}
     path.write_text(yaml.safe_dump(cfg))
     return path
 
