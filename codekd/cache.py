@@ -50,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from codekd.encoding import SPEC_FILE, EncodedData, batch_order
-from codekd.io import atomic_dir, is_main_process, read_json, write_json
+from codekd.io import atomic_dir, is_main_process, process_alive, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
 
 FORMAT = 1  # bump when the layout changes: it is part of every key
@@ -207,14 +207,9 @@ def _running(owner: Path) -> bool:
     """Whether the build that wrote `owner` may still be running (unknown owners are assumed to be)."""
     try:
         host, pid = owner.read_text().split()
-        if host != socket.gethostname() or os.name != "posix":
-            return True
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
+        return process_alive(host, int(pid))
     except (OSError, ValueError):
         return True
-    return True
 
 
 def _remove_stale(path: Path) -> None:

@@ -41,7 +41,9 @@ from codekd.train import TrainConfig, console, train_options
 
 RESULTS = "results.jsonl"
 DEMO_TEACHER = "demo-teacher"  # config alias of the all-MiniLM-L6-v2 weights shipped for the demo
-DEFAULT_GFLOPS = 80.0  # this project's 2-core CPU on a roberta-1.5m FT run (demo), for --dry-run estimates
+# --dry-run's rate before a study has finished cells: the quick study's 13 cells on this project's 2-core build
+# machine ran at 125 GFLOP/s of the estimate overall (single cells 35-173: the estimate is rough)
+DEFAULT_GFLOPS = 125.0
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
        "methods", "train", "efficiency", "cache", "vocab_size")
 
@@ -92,11 +94,14 @@ class Study:
     efficiency: dict[str, Any]
     train: dict[str, Any]
 
+    def _inputs(self, task: str) -> dict[str, Any]:
+        """What every cell of `task` depends on: its data, its limits and the encoding options."""
+        return {"task": task, "data": str(self.data[task]), **self.common, "limit": self.common["limit"][task]}
+
     def teacher_cell(self, task: str, name: str) -> Cell:
         t = self.teachers[name]
         train = t["train"]
-        config = {"kind": "teacher", "task": task, "data": str(self.data[task]), **self.common, "teacher": t,
-                  "train": train}
+        config = {"kind": "teacher", **self._inputs(task), "teacher": t, "train": train}
         return Cell(task, name, None, "ft", int(train.get("seed", 42)), config)
 
     def student_cells(self) -> list[Cell]:
@@ -107,8 +112,8 @@ class Study:
                     needs_teacher = bool(get_method(method).teacher_needs)
                     for teacher in (self.teachers if needs_teacher else [None]):
                         for seed in self.seeds:
-                            config = {"kind": "student", "task": task, "data": str(self.data[task]), **self.common,
-                                      "student": student, "method": method, "seed": seed,
+                            config = {"kind": "student", **self._inputs(task), "student": student, "method": method,
+                                      "seed": seed,
                                       "hparams": opts.get("hparams", {}), "align": opts.get("align", "position"),
                                       "train": {**self.train, **opts.get("train", {}), "seed": seed},
                                       "teacher": None if teacher is None else
@@ -514,7 +519,7 @@ def _print_plan(study: Study, cells: list[Cell], records: dict[str, dict[str, An
     console.print(f"to run: {len(todo)} cells, about {_duration(sum(estimates[c.key] or 0 for c in todo))}"
                   f"{f' plus {unknown} cells of unknown cost' if unknown else ''} (rough: 6·params·tokens FLOPs per "
                   f"training example at {gflops:.0f} GFLOP/s, "
-                  f"{'calibrated on this study' if cells_done else 'this project CPU default'})")
+                  f"{'calibrated on this study' if cells_done else 'the quick study on a 2-core CPU'})")
 
 
 def _duration(seconds: float) -> str:
