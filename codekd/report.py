@@ -38,6 +38,7 @@ TASK_ORDER = ("defect", "clone", "exception")
 ALPHA = 0.05
 DAGGER = "†"
 MISSING = "–"  # no run for this cell
+NO_TEACHER = "none"  # the group of a study without teachers (FT only): no reference row, no retention
 NA = "n/a"  # a run without this measurement
 MARKERS = {"roberta": ("o", "-"), "gru": ("s", ":")}  # student kind -> marker, line style
 PLOTS = {"metric_vs_params.png": "Headline metric against student parameters (mean ± std over seeds).",
@@ -149,7 +150,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[Cell]:
             teachers[r["task"]].append(r["teacher"])
     cells: dict[tuple[str, str, str | None, str], Cell] = {}
     for r in records:
-        for teacher in [r["teacher"]] if r.get("teacher") else teachers.get(r["task"]) or ["none"]:
+        for teacher in [r["teacher"]] if r.get("teacher") else teachers.get(r["task"]) or [NO_TEACHER]:
             key = (r["task"], teacher, r.get("student"), r["method"])
             cells.setdefault(key, Cell(*key, headline=r["headline"])).records.append(r)
     refs = {(c.task, c.teacher): mean_std(c.scores.values())[0] for c in cells.values() if c.student is None}
@@ -229,6 +230,10 @@ def study_tables(cells: list[Cell]) -> list[Table]:
             scores.append([m.upper(), *(_pm(c.scores.values(), c.mark) if c else MISSING for c in row)])
             retention.append([m.upper(), *(_pm(c.retention.values()) if c else MISSING for c in row)])
         headlines = ", ".join(f"{task} {headline}" for task, headline in _unique((c.task, c.headline) for c in mine))
+        if teacher == NO_TEACHER:
+            tables.append(Table(f"No teacher: headline metric in % ({headlines}), mean ± std over seeds",
+                                header, scores[1:], groups, _significance_note(mine)))
+            continue
         tables.append(Table(f"Teacher {teacher}: headline metric in % ({headlines}), mean ± std over seeds",
                             header, scores, groups, _significance_note(mine)))
         tables.append(Table(f"Teacher {teacher}: retention in % (student ÷ teacher headline), mean ± std over seeds",

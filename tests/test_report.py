@@ -197,3 +197,12 @@ def test_cli_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "FT" in result.output and "report written to" in result.output
     assert {"index.html", "tables.md", "tables.tex", "results.csv"} <= {p.name for p in (tmp_path / "r").iterdir()}
+
+
+def test_study_without_teachers(tmp_path):
+    """FT only: no teacher reference row and no retention table, just the scores."""
+    records = [record("roberta-7m", "ft", seed, acc, teacher=None, eff=efficiency(2.0))
+               for seed, acc in zip(SEEDS, ACC["roberta-7m"]["ft"], strict=True)]
+    text = (build_report(write_study(tmp_path / "s", records)) / "tables.md").read_text()
+    assert "### No teacher: headline metric" in text and "retention" not in text and "teacher (" not in text
+    assert f"| FT | {pm(pct(ACC['roberta-7m']['ft']))} |" in text
