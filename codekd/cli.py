@@ -240,12 +240,13 @@ def study(config: Path = typer.Argument(..., help="study file (see configs/quick
           only: list[str] = typer.Option(None, help="run only matching cells: KEY=GLOB[,GLOB] with KEY one of "
                                          "task, teacher, student, method, seed, cell; repeat to combine"),
           dry_run: bool = typer.Option(False, help="list the cells, which are done, and a rough cost; run nothing"),
-          shard: str = typer.Option(None, help="i/n: run only the cells that hash to shard i of n (cluster arrays)")
-          ) -> None:
+          shard: str = typer.Option(None, help="i/n: run only the cells that hash to shard i of n (cluster arrays)"),
+          keep_going: bool = typer.Option(False, help="run the other cells when one fails; list the failures at the "
+                                          "end (exit 2)")) -> None:
     """Run a study grid (tasks × teachers × students × methods × seeds); rerun to resume."""
     from codekd.study import run_study
 
-    records = run_study(config, out, only or (), dry_run, shard)
+    records = run_study(config, out, only or (), dry_run, shard, keep_going)
     if not dry_run:
         console.print(f"{len(records)} cell record(s) done; tables and plots: codekd report STUDY_DIR")
 

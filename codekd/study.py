@@ -463,8 +463,12 @@ def _teacher_params(study: Study, cell: Cell) -> int | None:
 
 
 def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[str] = (), dry_run: bool = False,
-              shard: str | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, or with `dry_run` only list) the study's cells; returns the records of this shard's cells."""
+              shard: str | None = None, keep_going: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume, or with `dry_run` only list) the study's cells; returns the records of this shard's cells.
+
+    A cell that fails stops the study, unless `keep_going`: then the other cells run (not those whose teacher
+    failed) and a ValueError at the end lists the failures. A failed cell has no record, so a rerun retries it.
+    """
     study = load_study(config, out)
     part = parse_shard(shard)
     owner = f"{part[0]}of{part[1]}"
@@ -476,7 +480,8 @@ def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[
     study.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study.out / "study.yaml", Path(config).read_text(encoding="utf-8"))
     target = results_file(study.out, part)
-    skipped = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
     for i, cell in enumerate(cells, 1):
         if cell.key in records:
             continue
@@ -484,7 +489,18 @@ def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[
             skipped.append(cell.name)
             continue
         console.rule(f"[{i}/{len(cells)}] {cell.name}")
-        record = run_cell(study, cell)
+        teacher = cell.config["teacher"]
+        if cell.kind == "student" and teacher and teacher["key"] in failed:
+            failed[cell.key] = f"{cell.name}: its teacher cell failed"
+            continue
+        try:
+            record = run_cell(study, cell)
+        except Exception as e:
+            if not keep_going:
+                raise
+            failed[cell.key] = f"{cell.name}: {type(e).__name__}: {e}"
+            console.print(f"[bold red]failed:[/] {failed[cell.key]}", highlight=False)
+            continue
         append_record(target, record)
         records[cell.key] = record
     records = {r["key"]: r for r in read_results(study.out)}
@@ -492,6 +508,9 @@ def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[
     if skipped:
         console.print(f"{len(skipped)} cell(s) are claimed by another shard and have no record yet: "
                       f"{', '.join(skipped)}. If that shard is dead, delete their files in {study.out / 'claims'}.")
+    if failed:
+        raise ValueError(f"{len(failed)} cell(s) failed (no record; a rerun retries them): "
+                         + "; ".join(failed.values()))
     return [records[c.key] for c in cells if c.key in records]
 
 

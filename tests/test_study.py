@@ -24,7 +24,7 @@ def write_study(path: Path, data: Path, teacher: Path, out: Path, **changes) -> 
            "train": {"epochs": 3, "lr": 1e-3, "batch_size": 16},
            "methods": {"ft": {}, "kd": {"hparams": {"temperature": 4.0, "alpha": 0.5}}},
            "efficiency": {"runs": 5, "warmup": 2, "isolate": False}, **changes}
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # methods run in the order given
     return path
 
 
@@ -221,3 +221,16 @@ def test_shards_on_one_directory_run_each_cell_once(finished, small_exception, t
     assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results-0of2.jsonl", "results-1of2.jsonl"]
     same_seed = [r for r in records if r["seed"] == 1 or r["kind"] == "teacher"]
     assert _comparable(same_seed) == _comparable(expected)  # cells of seed 1 are those of the 1-seed grid
+
+
+def test_keep_going_runs_the_other_cells(small_exception, tiny_teacher, tmp_path):
+    """minilm refuses a BiGRU student: the study stops there, or with --keep-going runs FT and lists the failure."""
+    config = write_study(tmp_path / "s.yaml", small_exception, tiny_teacher, tmp_path / "out", students=["gru-1.5m"],
+                         train={"epochs": 1, "lr": 1e-3, "batch_size": 16}, methods={"minilm": {}, "ft": {}})
+    with pytest.raises(ValueError, match="minilm"):
+        run_study(config)
+    assert [r["kind"] for r in read_results(tmp_path / "out")] == ["teacher"]
+    with pytest.raises(ValueError, match=r"1 cell\(s\) failed .*exception\.tiny\.gru-1\.5m\.minilm\.s1"):
+        run_study(config, keep_going=True)
+    assert sorted(r["cell"] for r in read_results(tmp_path / "out")) == ["exception.gru-1.5m.ft.s1",
+                                                                         "exception.tiny.teacher"]
