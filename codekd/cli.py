@@ -6,6 +6,7 @@ are option names (`epochs: 3`) plus a `hparams:` mapping; options on the command
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,8 @@ app.command("export")(export_command)
 
 def main() -> None:
     """Entry point: user errors (bad data, options, existing outputs) give one line and exit code 2."""
+    if not sys.stdout.isatty():  # a log or a pipe: Rich would wrap tables at 80 columns
+        os.environ.setdefault("COLUMNS", "160")
     try:
         app()
     except (DataError, ValueError, OutputExistsError, FileExistsError, FileNotFoundError) as e:
