@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
+from codekd.bench import timed
 from codekd.data import Example, get_task, load_split
 from codekd.encoding import InputSpec, encode, load_tokenizer
 from codekd.export import export_model
@@ -47,13 +48,7 @@ def median_example(predictor: Predictor, examples: list[Example]) -> tuple[Examp
 def latency_ms(predictor: Predictor, example: Example, warmup: int, runs: int) -> tuple[float, float]:
     """p50 and p95 of batch-1 forward time in milliseconds (tokenization excluded)."""
     (batch,) = predictor.batches([example], 1)
-    for _ in range(warmup):
-        predictor.forward(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predictor.forward(batch)
-        times.append(1000 * (time.perf_counter() - start))
+    times = timed(lambda: predictor.forward(batch), warmup, runs)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 

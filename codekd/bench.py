@@ -22,6 +22,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from codekd.data import load_split
-from codekd.encoding import encode, pad_batch
+from codekd.encoding import InputSpec, encode, load_tokenizer, pad_batch
 from codekd.models import count_parameters
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
@@ -42,7 +43,7 @@ BATCH = 32
 def inputs_from_data(model_dir: Path, data: str | Path, split: str = "test") -> tuple[list[int], list[list[int]]]:
     """Token ids of the batch-1 input (median length) and of the batch-32 inputs (around the median)."""
     model_dir = Path(model_dir)
-    _, tokenizer, spec = load_model_dir(model_dir)
+    tokenizer, spec = load_tokenizer(model_dir), InputSpec.load(model_dir)  # no weights needed here
     items = encode(tokenizer, load_split(spec.task, data, split, whitespace="keep"), spec)
     if not items:
         raise ValueError(f"--data {data}: the {split} split is empty; latency needs real inputs")
@@ -56,17 +57,17 @@ def _batch(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str,
     return {k: v.to(device) for k, v in pad_batch([{"input_ids": x} for x in ids], pad_id).items()}
 
 
-def _timed(model: torch.nn.Module, batch: dict[str, torch.Tensor], warmup: int, runs: int) -> list[float]:
-    """Milliseconds of `runs` forwards after `warmup` untimed ones."""
-    cuda = batch["input_ids"].is_cuda
+def timed(forward: Callable[[], Any], warmup: int, runs: int, cuda: bool = False) -> list[float]:
+    """Milliseconds of `runs` calls of `forward` after `warmup` untimed ones; with `cuda`, each timing is
+    bracketed by `torch.cuda.synchronize()` (CUDA kernels run asynchronously)."""
     for _ in range(warmup):
-        run_frozen(model, batch, ("logits",))
+        forward()
     times = []
     for _ in range(runs):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        run_frozen(model, batch, ("logits",))
+        forward()
         if cuda:
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - start))
@@ -98,9 +99,12 @@ def _measure(model_dir: str, one: list[int], many: list[list[int]], device: str,
     base = torch.cuda.memory_allocated(dev) / 1e6 if dev.type == "cuda" else _max_rss_mb()
     model, tokenizer, _ = load_model_dir(model_dir)
     model.to(dev)
-    batch_times = _timed(model, _batch(many, tokenizer.pad_token_id, dev), max(1, warmup // 5), max(10, runs // 5))
+    cuda = dev.type == "cuda"
+    many_batch, one_batch = (_batch(ids, tokenizer.pad_token_id, dev) for ids in (many, [one]))
+    batch_times = timed(lambda: run_frozen(model, many_batch, ("logits",)), max(1, warmup // 5), max(10, runs // 5),
+                        cuda)
     peak = (torch.cuda.max_memory_allocated(dev) / 1e6 if dev.type == "cuda" else _max_rss_mb()) - base
-    latency = _timed(model, _batch([one], tokenizer.pad_token_id, dev), warmup, runs)
+    latency = timed(lambda: run_frozen(model, one_batch, ("logits",)), warmup, runs, cuda)
     return {"parameters": count_parameters(model), "threads": torch.get_num_threads(), "latency": latency,
             "batch_times": batch_times, "peak": peak}
 
