@@ -18,6 +18,7 @@ A FT cell does not depend on a teacher: it runs once per (task, student, seed) a
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -417,42 +418,29 @@ def plan(study: Study, only: Sequence[str] = (), shard: tuple[int, int] = (0, 1)
     return [study.teacher_cell(task, name) for task, name in teachers] + students
 
 
-def _examples(study: Study, task: str, split: str) -> int:
-    n = study.common["limit"][task].get(split)
-    return n if n else len(load_split(task, study.data[task], split, whitespace="keep"))
+@functools.cache
+def _split_size(task: str, data: Path, split: str) -> int:
+    return len(load_split(task, data, split, whitespace="keep"))
 
 
-def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float | None:
-    """A rough cost: 6·params·tokens FLOPs per trained example-token (+ 2·params·tokens per teacher forward)."""
+@functools.cache
+def _student_params(student: str, labels: int, tokens: int) -> int:
+    """A preset's parameter count, built on the meta device (no memory, no initialisation)."""
+    import torch
+
     from codekd.models import count_parameters
     from codekd.models.presets import build_student
 
-    tokens = study.common["max_length"]
-    train = {**asdict(TrainConfig()), **cell.config["train"]}
-    n = _examples(study, cell.task, "train")
-    if cell.kind == "teacher":
-        if study.teachers[cell.teacher].get("dir"):
-            return 0.0
-        params = _teacher_params(study, cell)
-        return None if params is None else 6 * params * tokens * n * train["epochs"] / (gflops * 1e9)
-    spec = get_preset(cell.student)
-    params = count_parameters(build_student(spec, len(get_task(cell.task).labels), max_positions=tokens + 2))
-    flops = 6 * params * tokens * n * train["epochs"]
-    if cell.teacher:
-        teacher = _teacher_params(study, study.teacher_cell(cell.task, cell.teacher))
-        if teacher is None:
-            return None
-        flops += 2 * teacher * tokens * n
-    return flops / (gflops * 1e9)
+    with torch.device("meta"):
+        return count_parameters(build_student(get_preset(student), labels, max_positions=tokens + 2))
 
 
-def _teacher_params(study: Study, cell: Cell) -> int | None:
-    """The teacher's parameter count from its config alone (no weights loaded); None if it cannot be read."""
+@functools.cache
+def _config_params(source: str) -> int | None:
+    """A Hugging Face encoder's parameter count from its config alone; None if the config cannot be read."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    t = study.teachers[cell.teacher]
-    source = str(_teacher_dir(study, cell)) if t.get("dir") else _model_source(t["model"])
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError:
@@ -460,6 +448,32 @@ def _teacher_params(study: Study, cell: Cell) -> int | None:
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def _teacher_params(study: Study, cell: Cell) -> int | None:
+    t = study.teachers[cell.teacher]
+    return _config_params(str(_teacher_dir(study, cell)) if t.get("dir") else _model_source(t["model"]))
+
+
+def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float | None:
+    """A rough cost: 6·params·tokens FLOPs per trained example-token (+ 2·params·tokens per teacher forward).
+
+    The parameter counts and split sizes are computed once per study listing, not once per cell."""
+    tokens = study.common["max_length"]
+    train = {**asdict(TrainConfig()), **cell.config["train"]}
+    n = study.common["limit"][cell.task].get("train") or _split_size(cell.task, study.data[cell.task], "train")
+    if cell.kind == "teacher":
+        if study.teachers[cell.teacher].get("dir"):
+            return 0.0
+        params = _teacher_params(study, cell)
+        return None if params is None else 6 * params * tokens * n * train["epochs"] / (gflops * 1e9)
+    flops = 6 * _student_params(cell.student, len(get_task(cell.task).labels), tokens) * tokens * n * train["epochs"]
+    if cell.teacher:
+        teacher = _teacher_params(study, study.teacher_cell(cell.task, cell.teacher))
+        if teacher is None:
+            return None
+        flops += 2 * teacher * tokens * n
+    return flops / (gflops * 1e9)
 
 
 def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[str] = (), dry_run: bool = False,
