@@ -271,7 +271,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     the method's loss against each teacher, weighted by `teacher_weights`, equal by default). The
     retention in the metrics is relative to the best teacher on the test split. `align` pairs
     student and teacher tokens for token-level methods: `position` (the study: i-th with i-th) or
-    `offsets` (the teacher token covering the same source characters). ModelDir outputs on the
+    `offsets` (the teacher token covering the same source characters). Teacher outputs on the
     training split are cached on disk (`cache`, on by default) and reused by later runs.
     """
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
