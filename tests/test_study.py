@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from codekd.cli import app
 from codekd.data import DataError
-from codekd.study import Cell, claim, in_shard, load_study, parse_shard, plan, read_results, run_study
+from codekd.study import claim, read_results, run_study
+from codekd.study_config import Cell, in_shard, load_study, parse_shard, plan
 
 
 def write_study(path: Path, data: Path, teacher: Path, out: Path, **changes) -> Path:
