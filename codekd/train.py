@@ -255,14 +255,22 @@ def evaluate(model: nn.Module, data: EncodedData, task: Task, view: str = "stude
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random generator's state as tensors and plain lists, so that a checkpoint loads with
+    `torch.load(weights_only=True)` (numpy's state is a tuple holding an array: its parts are stored)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if state["cuda"] is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -270,6 +278,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, loaded with `weights_only=True` (tensors and plain containers only), so that a
+    file planted in a run directory cannot run code: anything else is refused in one line (ValueError)."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        detail = [line.removeprefix("Please file an issue with the following so that we can make `weights_only=True` "
+                                    "compatible with your use case: ").strip() for line in str(e).splitlines()[1:]]
+        detail = [d for d in detail if d and not d.startswith(("WeightsUnpickler error", "Check the documentation"))]
+        raise ValueError(f"{path}: refused: not a plain codekd checkpoint ({detail[0] if detail else e}); delete it "
+                         "to restart the run from its first epoch") from None
 
 
 def _teacher_outputs(teachers: Sequence[nn.Module], caches: Sequence[TeacherCache | None], needs: Sequence[str],
@@ -363,7 +386,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     start_epoch = 1
     ckpt_path = work_dir / CHECKPOINT
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = load_checkpoint(ckpt_path)
         model.student.load_state_dict(state["student"])
         model.method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
