@@ -40,10 +40,11 @@ from codekd.pipeline import size_mb
 BATCH = 32
 
 
-def inputs_from_data(model_dir: Path, data: str | Path, split: str = "test") -> tuple[list[int], list[list[int]]]:
+def inputs_from_data(model_dir: Path, data: str | Path, split: str = "test", trust_remote_code: bool = False
+                     ) -> tuple[list[int], list[list[int]]]:
     """Token ids of the batch-1 input (median length) and of the batch-32 inputs (around the median)."""
     model_dir = Path(model_dir)
-    tokenizer, spec = load_tokenizer(model_dir), InputSpec.load(model_dir)  # no weights needed here
+    tokenizer, spec = load_tokenizer(model_dir, trust_remote_code), InputSpec.load(model_dir)  # no weights needed here
     items = encode(tokenizer, load_split(spec.task, data, split, whitespace="keep"), spec)
     if not items:
         raise ValueError(f"--data {data}: the {split} split is empty; latency needs real inputs")
@@ -90,14 +91,14 @@ def _max_rss_mb() -> float:
 
 
 def _measure(model_dir: str, one: list[int], many: list[list[int]], device: str, threads: int, warmup: int,
-             runs: int) -> dict[str, Any]:
+             runs: int, trust_remote_code: bool = False) -> dict[str, Any]:
     """Load the model, time it, and measure its peak memory, in whichever process calls this."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev) / 1e6 if dev.type == "cuda" else _max_rss_mb()
-    model, tokenizer, _ = load_model_dir(model_dir)
+    model, tokenizer, _ = load_model_dir(model_dir, trust_remote_code)
     model.to(dev)
     cuda = dev.type == "cuda"
     many_batch, one_batch = (_batch(ids, tokenizer.pad_token_id, dev) for ids in (many, [one]))
@@ -110,7 +111,8 @@ def _measure(model_dir: str, one: list[int], many: list[list[int]], device: str,
 
 
 def measure_efficiency(model_dir: str | Path, data: str | Path, runs: int = 50, warmup: int = 10,
-                       device: str = "cpu", threads: int | None = None, isolate: bool = True) -> dict[str, Any]:
+                       device: str = "cpu", threads: int | None = None, isolate: bool = True,
+                       trust_remote_code: bool = False) -> dict[str, Any]:
     """Parameters, size, batch-1 latency percentiles, batch-32 throughput and peak memory of a model directory.
 
     `isolate` (default) measures in a fresh process; without it the figures are taken in this process and
@@ -121,8 +123,8 @@ def measure_efficiency(model_dir: str | Path, data: str | Path, runs: int = 50, 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     model_dir = Path(model_dir)
-    one, many = inputs_from_data(model_dir, data)
-    args = (str(model_dir), one, many, device, threads or torch.get_num_threads(), warmup, runs)
+    one, many = inputs_from_data(model_dir, data, trust_remote_code=trust_remote_code)
+    args = (str(model_dir), one, many, device, threads or torch.get_num_threads(), warmup, runs, trust_remote_code)
     if isolate:  # a child's error, or its death, is raised here
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             m = pool.submit(_measure, *args).result()

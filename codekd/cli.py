@@ -18,6 +18,7 @@ from rich.table import Table
 
 from codekd.data import DataError
 from codekd.io import OutputExistsError, is_main_process
+from codekd.trust import TrustRemoteCode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation for code models.")
 console = Console(quiet=not is_main_process())  # under a multi-process launch, results print once
@@ -102,13 +103,15 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
             bucket: bool = typer.Option(True, "--bucket/--no-bucket", help="length-bucketed batches"),
             unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
             truncation: str = typer.Option("head", help="head (the study) | focus (centre on the task's marker)"),
-            resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/")) -> None:
+            resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/"),
+            trust_remote_code: TrustRemoteCode = False) -> None:
     """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
     from codekd.pipeline import train_teacher
 
     cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
                          "seed": seed, "precision": precision, "bucket": bucket})
-    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation)
+    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation,
+                      trust_remote_code)
     out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
     console.print(out_table)
 
@@ -139,13 +142,14 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             cache_dtype: str = typer.Option("fp16", help="fp16 | fp32 for cached token states (logits: fp32)"),
             cache_budget_gb: float = typer.Option(2.0, help="largest cache to build; beyond it the teacher runs live"),
             truncation: str = typer.Option(None, help="head (the study) | focus (centre on the task's marker)"),
-            resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options")) -> None:
+            resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options"),
+            trust_remote_code: TrustRemoteCode = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     from codekd.pipeline import distill as run_distill
 
     cfg = _load_config(config)
     cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
-    skip = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb")
+    skip = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb", "trust_remote_code")
     given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in skip}
     merged = {**cfg, **given}
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
@@ -167,7 +171,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
                     merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
                     hparams=hparams, resume=resume, align=merged.get("align") or "position",
-                    truncation=merged.get("truncation") or "head", cache=cache_options)
+                    truncation=merged.get("truncation") or "head", cache=cache_options,
+                    trust_remote_code=trust_remote_code)
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))
@@ -188,15 +193,16 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
               method: str = typer.Option("kd", help="cache what this method needs from the teacher"),
               cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
               cache_dtype: str = typer.Option("fp16"), cache_budget_gb: float = typer.Option(2.0),
-              precision: str = typer.Option("auto", help="teacher inference: auto (bf16 where supported) | fp32 | bf16")
-              ) -> None:
+              precision: str = typer.Option("auto", help="teacher inference: auto (bf16 where supported) | fp32 | "
+                                            "bf16"),
+              trust_remote_code: TrustRemoteCode = False) -> None:
     """Run a teacher once over a split and cache its outputs for every later distillation run."""
     from codekd.methods import get_method
     from codekd.pipeline import cache_teacher
 
     needs = get_method(method).teacher_needs or ("logits",)
     built = cache_teacher(teacher, task, data, split, needs,
-                          _cache_options(True, cache_dir, cache_dtype, cache_budget_gb), precision)
+                          _cache_options(True, cache_dir, cache_dtype, cache_budget_gb), precision, trust_remote_code)
     if built is None:
         _fail(f"the cache would exceed --cache-budget-gb {cache_budget_gb}; distill will run the teacher live")
     console.print(f"cache: {built.path} ({', '.join(built.needs)})")
@@ -205,11 +211,12 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
 @app.command("evaluate")
 def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), model: Path = typer.Option(...),
                  split: str = typer.Option("test"),
-                 out: Path = typer.Option(None, help="JSON output (default MODEL/eval-SPLIT.json)")) -> None:
+                 out: Path = typer.Option(None, help="JSON output (default MODEL/eval-SPLIT.json)"),
+                 trust_remote_code: TrustRemoteCode = False) -> None:
     """Evaluate a teacher or student directory on a split; print and write the metrics."""
     from codekd.pipeline import evaluate_model
 
-    m = evaluate_model(task, data, model, split, out)
+    m = evaluate_model(task, data, model, split, out, trust_remote_code)
     console.print(_metrics_table(f"{task}/{split}", [(str(model), m["metrics"])]))
 
 
@@ -260,15 +267,16 @@ def bench_model(model: Path = typer.Argument(..., help="codekd model directory (
                 warmup: int = typer.Option(10, help="untimed forwards first"),
                 device: str = typer.Option("cpu", help="cpu | cuda"),
                 threads: int = typer.Option(None, help="torch intra-op threads (default: torch's)"),
-                out: Path = typer.Option(None, help="also write the figures as JSON here")) -> None:
+                out: Path = typer.Option(None, help="also write the figures as JSON here"),
+                trust_remote_code: TrustRemoteCode = False) -> None:
     """Measure a model's size, batch-1 latency (p50/p95), batch-32 throughput and peak memory."""
     from codekd.bench import measure_efficiency
     from codekd.io import write_json
     from codekd.pipeline import load_for_task
 
     if task:
-        load_for_task(model, task, "MODEL")
-    e = measure_efficiency(model, data, runs, warmup, device, threads)
+        load_for_task(model, task, "MODEL", trust_remote_code)
+    e = measure_efficiency(model, data, runs, warmup, device, threads, trust_remote_code=trust_remote_code)
     table = Table(title=f"{model} on {e['device_name'] or device}, {e['threads']} thread(s)")
     for col in ("params", "MB", "tokens", "p50 ms", "p95 ms", f"batch-{e['throughput_batch']} ex/s", "peak MB"):
         table.add_column(col, justify="right")

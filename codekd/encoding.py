@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from codekd.data import Example, get_task, normalize_code
 from codekd.io import read_json, write_json
+from codekd.trust import from_pretrained
 
 SPEC_FILE = "codekd.json"
 UNIXCODER_TOKEN = "<encoder-only>"
@@ -60,8 +61,8 @@ def resolve_unixcoder_prefix(tokenizer: PreTrainedTokenizerBase, mode: str) -> b
     return mode == "on"
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(str(path))
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return from_pretrained(AutoTokenizer, path, trust_remote_code)
 
 
 def _prefix(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> list[int]:

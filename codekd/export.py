@@ -41,6 +41,7 @@ from codekd.predict import (
     require_deploy,
     torch_forward,
 )
+from codekd.trust import TrustRemoteCode
 
 ONNX_META = "onnx.json"
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over the fp32 logits
@@ -113,7 +114,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
 
 def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = None, opset: int = 17,
                  data: str | Path | None = None, task: str | None = None,
-                 tolerance: float = TOLERANCE) -> dict[str, Any]:
+                 tolerance: float = TOLERANCE, trust_remote_code: bool = False) -> dict[str, Any]:
     """Export a codekd model directory to an ONNX directory `out`; returns what `onnx.json` records.
 
     `data` (a data directory of the model's task) supplies real test examples for the check and, with
@@ -125,7 +126,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
     if quantize not in (None, *QUANTIZE):
         raise ValueError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
     check_new_output(out)
-    model, tokenizer, spec = load_model_dir(model_dir)
+    model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
     if task is not None and task != spec.task:
         raise ValueError(f"--task {task}: the model at {model_dir} was trained for task {spec.task!r}")
     t = get_task(spec.task)
@@ -170,9 +171,10 @@ def export_command(
     data: Annotated[Path | None, typer.Option(help="data directory: real examples for the check; test "
                                                    "metrics before/after int8")] = None,
     task: Annotated[str | None, typer.Option(help="must match the model's task, when given")] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Export a model to ONNX (checked against PyTorch before anything is written)."""
-    meta = export_model(model, out, quantize, opset, data, task)
+    meta = export_model(model, out, quantize, opset, data, task, trust_remote_code=trust_remote_code)
     typer.echo(f"{out}: ONNX opset {opset}{', int8' if quantize else ''}; max |ONNX - PyTorch| logit difference "
                f"{meta['max_abs_diff']:.2g} on {meta['checked_examples']} examples (fp32)")
     for name, metrics in meta.get("metrics", {}).items():

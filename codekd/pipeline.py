@@ -58,6 +58,7 @@ from codekd.train import (
     teacher_precision,
     teacher_view,
 )
+from codekd.trust import from_pretrained
 from codekd.vocab import save_vocab, train_vocab, training_texts
 
 hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file load/save bars are noise
@@ -152,9 +153,9 @@ def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequen
     return cache
 
 
-def load_for_task(path: str | Path, task: str, option: str) -> ModelDir:
+def load_for_task(path: str | Path, task: str, option: str, trust_remote_code: bool = False) -> ModelDir:
     """A codekd model directory, refused (naming `option`) when it was trained for another task."""
-    loaded = ModelDir(*load_model_dir(path), Path(path))
+    loaded = ModelDir(*load_model_dir(path, trust_remote_code), Path(path))
     if loaded.spec.task != task:
         raise ValueError(f"{option} {path}: trained for task {loaded.spec.task!r}, not {task!r}")
     return loaded
@@ -200,7 +201,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
                  teachers=[t.model for t in teachers], teacher_weights=weights, teacher_caches=caches,
                  resume=resume)
-    best = AutoModelForSequenceClassification.from_pretrained(str(work / "best"))
+    best = from_pretrained(AutoModelForSequenceClassification, work / "best")
     metrics: dict[str, Any] = {
         "task": task.name, "split": "test", "headline": task.headline, "method": method_name,
         "model": evaluate(best, test, task, batch_size=cfg.eval_batch_size), "teacher": None, "retention": None,
@@ -231,7 +232,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
 
 def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg: TrainConfig,
                   max_length: int = 512, whitespace: str = "collapse", unixcoder_prefix: str = "auto",
-                  resume: bool = False, truncation: str = "head") -> dict[str, Any]:
+                  resume: bool = False, truncation: str = "head", trust_remote_code: bool = False) -> dict[str, Any]:
     """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning)."""
     t = get_task(task)
     out = Path(out)
@@ -241,7 +242,7 @@ def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg:
     check_new_output(out)
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
-    net, tok = load_pretrained_encoder(model, t)
+    net, tok = load_pretrained_encoder(model, t, trust_remote_code)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
     spec = InputSpec(task, max_input_length(tok, max_length), whitespace, prefix, truncation)
     return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
@@ -264,7 +265,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
             align: str = "position", truncation: str = "head",
-            cache: CacheOptions | None = None) -> dict[str, Any]:
+            cache: CacheOptions | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
 
     `teacher` is one fine-tuned teacher directory or several (multi-teacher KD with a logit method:
@@ -277,7 +278,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
     t = get_task(task)
     out = Path(out)
-    tok = load_tokenizer(vocab)
+    tok = load_tokenizer(vocab, trust_remote_code)
     spec_s = student_spec(student, len(tok))
     hparams = dict(hparams or {})
     config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
@@ -289,7 +290,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
-    loaded = [load_for_task(path, task, "--teacher") for path in teachers]
+    loaded = [load_for_task(path, task, "--teacher", trust_remote_code) for path in teachers]
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
     net.config.id2label = dict(enumerate(t.labels))
@@ -302,7 +303,7 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
 
 def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str = "train",
                   needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
-                  precision: str = "auto") -> TeacherCache | None:
+                  precision: str = "auto", trust_remote_code: bool = False) -> TeacherCache | None:
     """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation.
 
     `distill` finds it by content: same teacher, same token ids, same stored fields and precision.
@@ -312,7 +313,7 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     examples = load_split(t, data, split, whitespace="keep")
-    loaded = load_for_task(teacher, task, "--teacher")
+    loaded = load_for_task(teacher, task, "--teacher", trust_remote_code)
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
@@ -321,12 +322,12 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",
-                   out: str | Path | None = None) -> dict[str, Any]:
+                   out: str | Path | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Evaluate a codekd model directory on one split; write the metrics as JSON."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     t = get_task(task)
-    model, tok, spec, _ = load_for_task(model_dir, task, "--model")
+    model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code)
     examples = load_split(t, data, split, whitespace="keep")
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)})
     metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),

@@ -32,6 +32,7 @@ from codekd.data.readers import InvalidRecord, record_code
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
+from codekd.trust import TrustRemoteCode
 
 hf_logging.disable_progress_bar()  # per-file load bars on stderr would mix with --skip-bad's reports
 
@@ -141,7 +142,8 @@ class Predictor:
         self.task = get_task(spec.task)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, batch_size: int = 32, threads: int | None = None) -> Predictor:
+    def from_pretrained(cls, model_dir: str | Path, batch_size: int = 32, threads: int | None = None,
+                        trust_remote_code: bool = False) -> Predictor:
         """Load a codekd model directory: an ONNX export (has `model.onnx`) or a PyTorch checkpoint.
 
         `threads` is ONNX Runtime's intra-op thread count; PyTorch uses `torch.get_num_threads()`.
@@ -149,11 +151,11 @@ class Predictor:
         model_dir = Path(model_dir)
         if (model_dir / ONNX_FILE).is_file():
             forward = onnx_forward(ort_session(model_dir / ONNX_FILE, threads))
-            return cls(forward, load_tokenizer(model_dir), InputSpec.load(model_dir), batch_size)
+            return cls(forward, load_tokenizer(model_dir, trust_remote_code), InputSpec.load(model_dir), batch_size)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: neither {ONNX_FILE} (ONNX export) nor config.json "
                                     "(PyTorch checkpoint) is there")
-        model, tokenizer, spec = load_model_dir(model_dir)
+        model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
         return cls(torch_forward(model), tokenizer, spec, batch_size)
 
     def _batches(self, examples: Sequence[Example], batch_size: int, bucket: bool) -> Iterator[tuple[list[int], Batch]]:
@@ -212,9 +214,10 @@ def predict_command(
     top_k: Annotated[int, typer.Option(min=1, help="classes to list per input (multi-class tasks)")] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     skip_bad: Annotated[bool, typer.Option(help="report bad inputs on stderr and predict the rest")] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Predict functions with a trained model: one JSON line {"label", "probs"} per input on stdout."""
-    predictor = Predictor.from_pretrained(model, batch_size)
+    predictor = Predictor.from_pretrained(model, batch_size, trust_remote_code=trust_remote_code)
     if task is not None and task != predictor.spec.task:
         raise ValueError(f"--task {task}: the model at {model} was trained for task {predictor.spec.task!r}")
     if files and input_ is not None:

@@ -227,9 +227,11 @@ def _config_params(source: str) -> int | None:
     import torch
     from transformers import AutoConfig, AutoModel
 
+    from codekd.trust import from_pretrained
+
     try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError:
+        config = from_pretrained(AutoConfig, source)
+    except (OSError, ValueError):
         return None
     with torch.device("meta"):
         model = AutoModel.from_config(config)

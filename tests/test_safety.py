@@ -4,6 +4,7 @@ concurrent runs give one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,3 +64,70 @@ def test_checkpoint_rng_state_round_trips_through_weights_only(tmp_path):
     _set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
     again = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
     assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+
+
+def _model_dir(path: Path, vocab: Path, model_type: str, code_marker: Path) -> Path:
+    """A codekd-looking model directory whose config names its own code (`auto_map`), which would create
+    `code_marker` if it ran; `model_type` "bigru" is codekd's registered BiGRU student."""
+    import json
+    import shutil
+
+    from codekd.encoding import InputSpec
+    from codekd.models import build_student, custom_spec
+
+    if model_type == "bigru":
+        build_student(custom_spec("gru", 400, 16, 1), 2).save_pretrained(path)
+    else:
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig",
+                          "AutoModelForSequenceClassification": "custom.CustomModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "custom.py").write_text(f"import pathlib\npathlib.Path({str(code_marker)!r}).touch()\n"
+                                    "from transformers import PretrainedConfig, PreTrainedModel\n"
+                                    f"class CustomConfig(PretrainedConfig):\n    model_type = {model_type!r}\n"
+                                    "class CustomModel(PreTrainedModel):\n    config_class = CustomConfig\n")
+    for f in vocab.iterdir():
+        shutil.copy2(f, path / f.name)
+    InputSpec("exception", 64).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "bench-model"])
+def test_model_dir_with_custom_code_is_refused(command, small_exception, small_vocab, tmp_path, monkeypatch,
+                                               capsys):
+    marker = tmp_path / "pwned"
+    model = _model_dir(tmp_path / "model", small_vocab, "custommodel", marker)
+    args = {"evaluate": ["evaluate", "--task", "exception", "--data", small_exception, "--model", model],
+            "predict": ["predict", "--model", model, "--input", small_exception / "test.jsonl"],
+            "bench-model": ["bench-model", model, "--data", small_exception, "--task", "exception"]}[command]
+    rc, err = codekd_main(monkeypatch, capsys, *args)
+    assert not marker.exists()
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{model}: refused" in err and "--trust-remote-code" in err
+
+
+def test_trust_remote_code_flag_reaches_the_loader(small_exception, small_vocab, tmp_path, monkeypatch):
+    import transformers.dynamic_module_utils as dynamic
+
+    from codekd.cli import main
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # not the user's cache
+    marker = tmp_path / "ran"
+    model = _model_dir(tmp_path / "model", small_vocab, "custommodel", marker)
+    monkeypatch.setattr(sys, "argv", ["codekd", "evaluate", "--task", "exception", "--data", str(small_exception),
+                                      "--model", str(model), "--trust-remote-code"])
+    with contextlib.suppress(SystemExit, OSError):  # the directory has no weights: loading fails after its code ran
+        main()
+    assert marker.exists()  # the user opted in: the directory's code ran
+
+
+def test_codekd_bigru_dir_with_auto_map_loads_without_remote_code(small_vocab, tmp_path):
+    from codekd.models import BiGRUForSequenceClassification
+    from codekd.models.teacher import load_model_dir
+
+    marker = tmp_path / "ran"
+    model, _, spec = load_model_dir(_model_dir(tmp_path / "model", small_vocab, "bigru", marker))
+    assert isinstance(model, BiGRUForSequenceClassification) and spec.task == "exception"
+    assert not marker.exists()

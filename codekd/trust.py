@@ -1,0 +1,31 @@
+"""Loading Hugging Face files without running code from them unless the user opts in.
+
+A model or tokenizer directory can name Python classes of its own (`auto_map` in `config.json` or
+`tokenizer_config.json`) that transformers imports, and so runs, when `trust_remote_code=True`. codekd
+passes `trust_remote_code=False` to every `from_pretrained` unless the user gives `--trust-remote-code`;
+a directory that needs its own code is then refused in one line. A model type that is installed (any of
+transformers', and codekd's own `bigru`, registered by `codekd.models`) loads with the installed class,
+whatever `auto_map` says, so codekd's run directories never need the flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="allow a model directory to run its own Python code (auto_map); only for authors "
+                                "you trust")]
+
+
+def from_pretrained(loader: Any, source: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(source, **kwargs)` (an Auto class), refusing custom code in one line (ValueError)."""
+    try:
+        return loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as e:
+        if trust_remote_code or "trust_remote_code" not in str(e):
+            raise
+        raise ValueError(f"{source}: refused: the model directory holds its own Python code (auto_map), which codekd "
+                         "does not run; pass --trust-remote-code to run it, if you trust its author") from None
