@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from codekd.cache import TeacherCache
 from codekd.data import Task
 from codekd.encoding import EncodedData, batch_order
-from codekd.io import atomic_file, is_main_process
+from codekd.io import atomic_file, is_main_process, write_json
 from codekd.methods import Method
 from codekd.models.adapters import Outputs, align_to, run, run_frozen, unwrap
 
@@ -83,6 +83,36 @@ def train_options(opts: dict[str, Any], where: str = "") -> dict[str, Any]:
     return typed
 
 
+class NonFiniteLossError(ValueError):
+    """Training met a NaN or infinite loss; the message names the step and each loss part."""
+
+
+FAILURE = "failure.json"  # in the work dir, beside the checkpoint: why the run stopped
+
+
+def _stop_non_finite(accelerator: Accelerator, losses: dict[str, Tensor], epoch: int, step: int,
+                     work_dir: Path) -> None:
+    """Raise `NonFiniteLossError` on every process when the loss of any process is not finite.
+
+    The checkpoint of the last finished epoch is left as it is (`--resume` continues from it); the step
+    and the loss parts are also written to `work_dir/failure.json` for the run's diagnostics.
+    """
+    value = losses["loss"].detach().float()
+    bad = ~torch.isfinite(value)
+    if accelerator.num_processes > 1:  # all processes stop together: none waits in a collective
+        bad = accelerator.reduce(bad.float(), "sum") > 0
+    if not bad:
+        return
+    parts = {key: float(torch.as_tensor(v).detach()) for key, v in losses.items()}
+    after = f"the checkpoint of epoch {epoch - 1}" if epoch > 1 else "no checkpoint (epoch 1 had not finished)"
+    if accelerator.is_main_process:
+        write_json(work_dir / FAILURE, {"error": "non-finite loss", "epoch": epoch, "step": step, "losses": parts})
+    raise NonFiniteLossError(
+        f"non-finite loss at epoch {epoch}, optimizer step {step}: "
+        f"{', '.join(f'{k}={v:.6g}' for k, v in parts.items())}; training stopped, {work_dir} keeps {after} "
+        f"(--resume continues from it)")
+
+
 @dataclass
 class FitResult:
     best_score: float
@@ -104,8 +134,8 @@ def normalized_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """Teacher weights that sum to 1 (equal when not given)."""
     if not weights:
         return [1.0 / n] * n if n else []
-    if len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--teacher-weights {list(weights)}: need {n} non-negative weights, not all zero")
+    if len(weights) != n or not all(0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--teacher-weights {list(weights)}: need {n} finite non-negative weights, not all zero")
     return [w / sum(weights) for w in weights]
 
 
@@ -416,6 +446,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 with nullcontext() if step else accelerator.no_sync(trainee):
                     with accelerator.autocast():
                         losses = trainee(batch, targets, weights)
+                    global_step = (epoch - 1) * steps_per_epoch + k // cfg.grad_accum + 1
+                    _stop_non_finite(accelerator, losses, epoch, global_step, work_dir)
                     accelerator.backward(losses["loss"] * weight)
                 examples = len(batch["labels"]) if weight else 0
                 seen += examples

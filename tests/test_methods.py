@@ -113,7 +113,7 @@ def cut(states: tuple[Tensor, ...], indices: list[int]) -> Tensor:
 def test_dist(pair: tuple[Outputs, Outputs, Outputs]) -> None:
     student, _, teacher = pair
     method = get_method("dist")(STUDENT, TEACHER)
-    assert method.hp == {"temperature": 10.0, "beta": 1.0, "gamma": 1.0}
+    assert method.hp == {"temperature": 10.0, "beta": 1.0, "gamma": 1.0, "eps": 1e-8}
     expected = losses.dist(student.logits, teacher.logits, 10.0, 1.0, 1.0)
     torch.testing.assert_close(method(student, teacher, LABELS)["loss"], expected)
 

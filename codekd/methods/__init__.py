@@ -11,6 +11,7 @@ on first use of the registry.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ class Method(nn.Module):
     teacher_needs: ClassVar[tuple[str, ...]] = ("logits",)  # empty: no teacher
     student_needs: ClassVar[tuple[str, ...]] = ("logits",)
     defaults: ClassVar[dict[str, Any]] = {}
+    fractions: ClassVar[tuple[str, ...]] = ()  # options that mix two terms as α·A + (1 − α)·B: in [0, 1]
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__()
@@ -40,6 +42,8 @@ class Method(nn.Module):
         if self.teacher_needs and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher (--teacher)")
         self.hp = {**self.defaults, **{k: _coerce(self.name, k, self.defaults[k], v) for k, v in hparams.items()}}
+        for key, value in self.hp.items():
+            _check_range(self.name, key, value, key in self.fractions)
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -51,6 +55,11 @@ class Method(nn.Module):
 
 def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     """Option values arrive as YAML scalars or strings ("0.5", "true"); give them the default's type."""
+    if isinstance(value, str) and isinstance(default, float):
+        try:  # YAML reads 1e-4 (no dot) and nan as strings
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and not isinstance(default, str):
         value = yaml.safe_load(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -58,6 +67,24 @@ def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     if type(value) is not type(default) and default is not None:
         raise ValueError(f"method {method!r}: option {key}={value!r} must be a {type(default).__name__}")
     return value
+
+
+POSITIVE = ("temperature", "eps")  # options that divide: > 0
+
+
+def _check_range(method: str, key: str, value: Any, fraction: bool) -> None:
+    """Every number option (a weight, a temperature, an eps) must be finite and ≥ 0; temperatures and eps > 0;
+    mixing coefficients (`fraction`) ≤ 1. Integers (layer numbers, windows) are each method's to check."""
+    if not isinstance(value, float):
+        return
+    if key in POSITIVE:
+        ok, need = math.isfinite(value) and value > 0, "a finite number > 0"
+    elif fraction:
+        ok, need = 0 <= value <= 1, "a number in [0, 1]"
+    else:
+        ok, need = math.isfinite(value) and value >= 0, "a finite number ≥ 0"
+    if not ok:
+        raise ValueError(f"method {method!r}: option {key}={value!r} must be {need}")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -31,9 +31,12 @@ class ContextualKD(Method):
     student_needs = ("logits", "hidden_states")
     defaults = {"alpha": 1.0, "beta": 10.0, "gamma": 10.0, "temperature": 3.0, "window": 10,
                 "study_padding": False, "layers": ""}
+    fractions = ("alpha",)
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__(student, teacher, **hparams)
+        if self.hp["window"] < 1:
+            raise ValueError(f"method 'ckd': option window={self.hp['window']} must be 1 or more")
         self.student_idx, self.teacher_idx = matched_indices(
             student, teacher, self.hp["layers"], embeddings=True
         )

@@ -67,6 +67,6 @@ def _parse_part(i: int, entry: Any) -> tuple[str, float, dict[str, Any]]:
     available = [m for m in all_methods() if m != Combo.name]
     if not isinstance(name, str) or name not in available:
         raise ValueError(f"combo part {i}: unknown method {name!r}; available: {', '.join(available)}")
-    if isinstance(weight, bool) or not isinstance(weight, int | float):
-        raise ValueError(f"combo part {i}: weight {weight!r} must be a number")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+        raise ValueError(f"combo part {i}: weight {weight!r} must be a finite number ≥ 0")
     return name, float(weight), options

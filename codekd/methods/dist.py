@@ -6,7 +6,9 @@ term per sample and an intra-class term per class across the batch. Unlike the p
 and no label term. The study's code has no default temperature; its README uses T = 10, the default here.
 
 On binary tasks (defect, clone) the inter-class correlation is ±1 and gives no gradient, so only the
-intra-class term trains the student. Needs only logits, so it works for GRU and transformer students.
+intra-class term trains the student. ``eps`` is the correlation's norm floor (the study's 1e-8; see
+:func:`codekd.losses.dist` for the gradient hazard it bounds). Needs only logits, so it works for GRU and
+transformer students.
 """
 
 from torch import Tensor
@@ -20,9 +22,9 @@ from codekd.models.adapters import Outputs
 class Dist(Method):
     name = "dist"
     summary = "DIST: inter- and intra-class Pearson correlation of softmax(z/T) with the teacher's"
-    defaults = {"temperature": 10.0, "beta": 1.0, "gamma": 1.0}
+    defaults = {"temperature": 10.0, "beta": 1.0, "gamma": 1.0, "eps": 1e-8}
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         loss = losses.dist(student.logits, teacher.logits, self.hp["temperature"], self.hp["beta"],
-                           self.hp["gamma"])
+                           self.hp["gamma"], self.hp["eps"])
         return {"loss": loss}

@@ -16,6 +16,7 @@ class VanillaKD(Method):
     name = "kd"
     summary = "soft cross-entropy to the teacher's softmax(z/T) (+ optional hard-label CE)"
     defaults = {"temperature": 10.0, "alpha": 1.0, "t_squared": False}
+    fractions = ("alpha",)
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         return {"loss": kd_loss(student.logits, teacher.logits, labels, self.hp["temperature"],

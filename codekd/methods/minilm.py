@@ -26,7 +26,7 @@ from codekd.models.adapters import ModelShape, Outputs
 
 def _over_keys(attention: Tensor, n: int, keys: Tensor) -> Tensor:
     """(B, heads, n, n) attention cut to n positions, restricted to ``keys`` (B, n) and renormalised."""
-    kept = attention[..., :n, :n] * keys[:, None, None, :].to(attention.dtype)
+    kept = attention[..., :n, :n].float() * keys[:, None, None, :]
     return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
 
 

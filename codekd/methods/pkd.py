@@ -30,6 +30,7 @@ class PatientKD(Method):
     teacher_needs = ("logits", "first_token")
     student_needs = ("logits", "first_token")
     defaults = {"alpha": 1.0, "beta": 10.0, "temperature": 10.0, "layers": ""}
+    fractions = ("alpha",)
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__(student, teacher, **hparams)
