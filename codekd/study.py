@@ -101,7 +101,7 @@ def _data_for(study: Study, task: str) -> Path:
     limit = study.common["limit"][task]
     if not limit:
         return study.data[task]
-    path = study.out / "data" / task
+    path = study.under("data", task)
 
     def copy() -> None:
         with atomic_dir(path) as tmp:
@@ -139,7 +139,7 @@ def _vocab(study: Study, task: str, student: str) -> Path:
     from codekd.pipeline import make_vocab
 
     size = study.common["vocab_size"] or get_preset(student).vocab_size
-    path = study.out / "vocab" / f"{task}-{size}"
+    path = study.under("vocab", f"{task}-{size}")
     return _build_once(path, lambda: make_vocab(task, _data_for(study, task), size, path, study.common["max_length"],
                                                 study.common["whitespace"]))
 
@@ -149,7 +149,7 @@ def _teacher_dir(study: Study, cell: Cell) -> Path:
     if t.get("dir"):
         d = t["dir"]
         return Path(d[cell.task] if isinstance(d, dict) else d)
-    return study.out / "teachers" / cell.dir_name
+    return study.under("teachers", cell.dir_name)
 
 
 def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
             train_teacher(cell.task, data, _model_source(t["model"]), run_dir, TrainConfig(**cell.config["train"]),
                           c["max_length"], c["whitespace"], resume=True, truncation=c["truncation"])
     else:
-        run_dir = study.out / "runs" / cell.dir_name
+        run_dir = study.under("runs", cell.dir_name)
         if not run_dir.exists():
             teacher = None
             if cell.teacher:
@@ -181,9 +181,9 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
                     align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]))
     m = read_metrics(run_dir)
     if cell.kind == "teacher":  # a `dir:` teacher was tested on its own data: test it on this study's split
-        (study.out / "evals").mkdir(exist_ok=True)
-        m["model"] = evaluate_model(cell.task, data, run_dir, out=study.out / "evals" / f"{cell.dir_name}.json")[
-            "metrics"]
+        out = study.under("evals", f"{cell.dir_name}.json")
+        out.parent.mkdir(exist_ok=True)
+        m["model"] = evaluate_model(cell.task, data, run_dir, out=out)["metrics"]
     eff = measure_efficiency(run_dir, data, **study.efficiency)
     return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task,
             "headline": get_task(cell.task).headline, "teacher": cell.teacher, "student": cell.student,

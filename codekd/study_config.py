@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from codekd.train import train_options
 
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
        "methods", "train", "efficiency", "cache", "vocab_size")
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ class Study:
     efficiency: dict[str, Any]
     train: dict[str, Any]
 
+    def under(self, *parts: str) -> Path:
+        """`out/PARTS`, refused unless it resolves inside the study directory (names are checked on load too)."""
+        target = self.out.joinpath(*parts)
+        if not target.resolve().is_relative_to(self.out.resolve()):
+            raise ValueError(f"{self.path}: {'/'.join(parts)}: resolves outside the study directory {self.out}")
+        return target
+
     def _inputs(self, task: str) -> dict[str, Any]:
         """What every cell of `task` depends on: its data, its limits and the encoding options."""
         return {"task": task, "data": str(self.data[task]), **self.common, "limit": self.common["limit"][task]}
@@ -112,6 +121,14 @@ def _train_options(path: Path, where: str, opts: Any) -> dict[str, Any]:
         raise ValueError(f"{path}: {e}") from None
 
 
+def _check_names(path: Path, where: str, names: Any) -> None:
+    """Names that become file names in the study directory: letters, digits, `.`, `_`, `-`, never `..`."""
+    for name in [names] if isinstance(names, str | int) else names:
+        if not isinstance(name, str | int) or not SAFE_NAME.fullmatch(str(name)) or ".." in str(name):
+            _fail(path, where, f"{name!r}: a name may hold only letters, digits, '.', '_' and '-' (and no '..'): "
+                  "it becomes a file name in the study directory")
+
+
 def resolve_data(value: str) -> Path:
     """`demo` is the exception slice shipped in the package; anything else is a directory."""
     return demo_data_dir() if value == "demo" else Path(value)
@@ -132,6 +149,10 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     for key in ("name", "data", "students", "methods", "seeds"):
         if not raw.get(key):
             _fail(path, key, "missing")
+    _check_names(path, "name", raw["name"])
+    for key in ("data", "students", "methods", "teachers"):
+        if isinstance(raw.get(key), dict | list):
+            _check_names(path, key, raw[key])
     if not isinstance(raw["data"], dict):
         _fail(path, "data", "expected a mapping of task name to data directory")
     data = {}

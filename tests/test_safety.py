@@ -131,3 +131,38 @@ def test_codekd_bigru_dir_with_auto_map_loads_without_remote_code(small_vocab, t
     model, _, spec = load_model_dir(_model_dir(tmp_path / "model", small_vocab, "bigru", marker))
     assert isinstance(model, BiGRUForSequenceClassification) and spec.task == "exception"
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("field", ["teacher", "study name", "student", "task"])
+def test_study_names_cannot_escape_the_study_directory(field, small_exception, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    cfg = {"name": "s", "out": str(tmp_path / "study"), "data": {"exception": str(small_exception)}, "seeds": [1],
+           "teachers": {"t": {"model": "demo-teacher"}}, "students": ["roberta-0.6m"], "methods": ["ft", "kd"]}
+    if field == "teacher":
+        cfg["teachers"] = {"../../escaped": {"model": "demo-teacher"}}
+    elif field == "study name":
+        del cfg["out"]
+        cfg["name"] = "../escaped"
+    elif field == "student":
+        cfg["students"] = ["../escaped"]
+    else:
+        cfg["data"] = {"../escaped": str(small_exception)}
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "study.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path / "work")
+    rc, err = codekd_main(monkeypatch, capsys, "study", "study.yaml")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "study.yaml: " in err and "'../" in err and "no '..'" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["study.yaml", "work"]  # nothing written anywhere
+
+
+def test_study_paths_resolve_under_the_study_directory(small_exception, tmp_path):
+    from codekd.study_config import load_study
+
+    (tmp_path / "s.yaml").write_text(f"name: s\nout: {tmp_path / 'out'}\ndata: {{exception: {small_exception}}}\n"
+                                     "seeds: [1]\nstudents: [roberta-0.6m]\nmethods: [ft]\n")
+    study = load_study(tmp_path / "s.yaml")
+    assert study.under("runs", "x-1") == tmp_path / "out" / "runs" / "x-1"
+    with pytest.raises(ValueError, match="outside the study directory"):
+        study.under("runs", "../../x")
