@@ -6,6 +6,9 @@ are option names (`epochs: 3`) plus a `hparams:` mapping; options on the command
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -145,10 +148,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options"),
             trust_remote_code: TrustRemoteCode = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
-    from codekd.pipeline import distill as run_distill
-
     cfg = _load_config(config)
-    cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
     skip = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb", "trust_remote_code")
     given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in skip}
     merged = {**cfg, **given}
@@ -160,13 +160,16 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
             _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
     if isinstance(merged["student"], str) and merged["student"].lstrip().startswith("{"):
         merged["student"] = yaml.safe_load(merged["student"])
-    train_cfg = _train_config(merged)
     weights = merged.get("teacher_weights")
     if isinstance(weights, str):
         try:
             weights = [float(w) for w in weights.split(",")]
         except ValueError:
             _fail(f"--teacher-weights {weights!r}: expected comma-separated numbers")
+    train_cfg = _train_config(merged)
+    cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
+    from codekd.pipeline import distill as run_distill
+
     m = run_distill(merged["task"], merged["data"], merged["student"], merged["vocab"], merged["method"],
                     merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
@@ -223,12 +226,12 @@ def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), 
 @app.command()
 def methods() -> None:
     """List the distillation methods, what they need from the teacher, and their defaults."""
-    from codekd.methods import all_methods
+    from codekd.catalog import method_catalog
 
     table = Table(title="methods")
     for col in ("name", "teacher needs", "defaults", "what"):
         table.add_column(col)
-    for name, cls in all_methods().items():
+    for name, cls in method_catalog().items():
         defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-"
         table.add_row(name, ", ".join(cls.teacher_needs) or "no teacher", defaults, cls.summary)
     console.print(table)
@@ -309,11 +312,22 @@ def report(study_dir: Path = typer.Argument(..., help="study directory (holds re
     console.print(f"report written to {path}: {', '.join(sorted(f.name for f in path.iterdir()))}")
 
 
-from codekd.export import export_command  # noqa: E402
-from codekd.predict import predict_command  # noqa: E402
+def _lazy_command(name: str, module: str, function: str) -> None:
+    """Add command `name`, defined as `function` in `module` (which imports torch), so that only running it
+    imports the module: `codekd --help` shows its docstring's first line, read from the source."""
+    source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+    doc = next(ast.get_docstring(node) for node in ast.parse(source).body
+               if isinstance(node, ast.FunctionDef) and node.name == function)
 
-app.command("predict")(predict_command)
-app.command("export")(export_command)
+    @app.command(name, help=doc, context_settings=EXTRA, add_help_option=False)
+    def run(ctx: typer.Context) -> None:
+        command = typer.Typer(add_completion=False)
+        command.command(name)(getattr(importlib.import_module(module), function))
+        typer.main.get_command(command).main(ctx.args, prog_name=f"codekd {name}")
+
+
+_lazy_command("predict", "codekd.predict", "predict_command")
+_lazy_command("export", "codekd.export", "export_command")
 
 
 def main() -> None:

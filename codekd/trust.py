@@ -4,7 +4,7 @@ A model or tokenizer directory can name Python classes of its own (`auto_map` in
 `tokenizer_config.json`) that transformers imports, and so runs, when `trust_remote_code=True`. codekd
 passes `trust_remote_code=False` to every `from_pretrained` unless the user gives `--trust-remote-code`;
 a directory that needs its own code is then refused in one line. A model type that is installed (any of
-transformers', and codekd's own `bigru`, registered by `codekd.models`) loads with the installed class,
+transformers', and codekd's own `bigru`, registered by `codekd.models.bigru`) loads with the installed class,
 whatever `auto_map` says, so codekd's run directories never need the flag.
 """
 

@@ -90,7 +90,7 @@ def test_auto_registration_at_import(tmp_path: Path) -> None:
     model = build_student(custom_spec("gru", 60, 16, 2), 2)
     model.save_pretrained(tmp_path)
     code = (
-        "import sys, codekd.models\n"
+        "import sys, codekd.models.bigru\n"
         "from transformers import AutoModelForSequenceClassification as A\n"
         "print(type(A.from_pretrained(sys.argv[1])).__name__)\n"
     )

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
 # CuBERT's exception classes, in the order of its label vocabulary (index = class id).
 EXCEPTION_LABELS = tuple(
@@ -39,6 +38,9 @@ class Task:
         multi-class tasks get accuracy, macro-F1 over all C classes and top-3 accuracy.
         All values are fractions in [0, 1]; `n` is the number of examples.
         """
+        # imported here: sklearn costs ~0.6 s, and only scoring needs it (not the CLI's start-up)
+        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+
         y = np.asarray(labels, dtype=np.int64)
         probs = np.asarray(probs, dtype=np.float64)
         n_classes = len(self.labels)

@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-import codekd.models  # noqa: F401  (registers the BiGRU student with the Auto classes)
+import codekd.models.bigru  # noqa: F401  (registers the BiGRU student with the Auto classes)
 from codekd.data import Task
 from codekd.encoding import InputSpec, load_tokenizer
 from codekd.trust import from_pretrained
