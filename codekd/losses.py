@@ -268,7 +268,8 @@ def dkd(
 
 
 @fp32
-def attention_relation(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor | None = None) -> Tensor:
+def attention_relation(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor | None = None,
+                       reduction: str = "token") -> Tensor:
     """MiniLM attention transfer: KL(teacher ‖ student) of attention distributions.
 
     Wang et al., "MiniLM: Deep Self-Attention Distillation" (NeurIPS 2020) and "MiniLMv2: Multi-Head
@@ -285,15 +286,50 @@ def attention_relation(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor 
     normal, 6e-5, or fp32's, 1e-38) made the same maps' loss differ by 15-140 % between fp16 and fp32.
     With this floor they agree within 0.2 % (tests/test_numerics.py); a student probability below 1e-8
     where the teacher has mass costs at most −log 1e-8 = 18.4 per unit of teacher probability.
+
+    ``reduction``: ``"token"`` averages the real query rows of the whole batch (one mean over tokens);
+    ``"example"`` averages each example's real rows, then the examples that have any (MiniLM's per-example
+    loss: long and short inputs weigh the same).
     """
     if student_attn.shape[1] != teacher_attn.shape[1]:
         student_attn = student_attn.mean(1, keepdim=True)
         teacher_attn = teacher_attn.mean(1, keepdim=True)
     log_student = student_attn.clamp_min(PROBABILITY_FLOOR).log()
     rows = (torch.xlogy(teacher_attn, teacher_attn) - teacher_attn * log_student).sum(-1).mean(1)  # (B, N)
+    return _reduce_rows(rows, mask, reduction)
+
+
+def _reduce_rows(rows: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
+    """Mean of per-token values (B, N) over real tokens: of the whole batch (``token``) or per example, then
+    over the examples with a real token (``example``)."""
+    valid = torch.ones_like(rows, dtype=torch.bool) if mask is None else mask.bool()
+    if reduction == "token":
+        return _masked_mean(rows, valid)
+    if reduction == "example":
+        per_example = torch.where(valid, rows, 0).sum(1) / valid.sum(1).clamp_min(1)
+        return _masked_mean(per_example, valid.any(1))
+    raise ValueError(f"reduction={reduction!r}: expected token or example")
+
+
+@fp32
+def attention_mse(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor | None = None) -> Tensor:
+    """TinyBERT's attention loss (Jiao et al., Findings of EMNLP 2020, eq. 8): MSE between (B, L, heads, N, N)
+    attention maps of matched layers, averaged over heads, layers and the (query, key) pairs whose two tokens
+    are real under the (B, N) ``mask``.
+
+    The paper and its code (huawei-noah/Pretrained-Language-Model, ``TinyBERT/task_distill.py``) compare the
+    pre-softmax scores, with masked scores (≤ −100) set to 0; Hugging Face models expose only the
+    probabilities, so those are compared here (as TextBrewer's ``att_mse_loss`` does on HF attentions).
+    Different head counts are averaged over heads first, as in :func:`attention_relation`.
+    """
+    if student_attn.shape[2] != teacher_attn.shape[2]:
+        student_attn = student_attn.mean(2, keepdim=True)
+        teacher_attn = teacher_attn.mean(2, keepdim=True)
+    squared = (student_attn - teacher_attn) ** 2
     if mask is None:
-        return rows.mean()
-    return _masked_mean(rows, mask.bool())
+        return squared.mean()
+    valid = mask.bool()
+    return _masked_mean(squared, (valid[:, :, None] & valid[:, None, :])[:, None, None])
 
 
 @fp32

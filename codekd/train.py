@@ -434,6 +434,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
         for epoch in range(start_epoch, cfg.epochs + 1):
             bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
             trainee.train()
+            model.method.set_epoch(epoch)
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
             order = batch_order(train.lengths(), cfg.batch_size, cfg.seed, epoch, shuffle=True, bucket=cfg.bucket)
             plan = micro_batches(order, processes, rank, cfg.grad_accum)

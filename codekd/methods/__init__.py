@@ -45,8 +45,17 @@ class Method(nn.Module):
         for key, value in self.hp.items():
             _check_range(self.name, key, value, key in self.fractions)
 
+    epoch: int = 1  # the training epoch (1-based), set by the training loop through `set_epoch`
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell this method and every method inside it (combo parts) the current epoch, for losses that
+        change over training (DKD's warm-up). The loop calls it at the start of each epoch, resumed ones too."""
+        for module in self.modules():
+            if isinstance(module, Method):
+                module.epoch = epoch
 
     def teacher_cacheable(self) -> bool:
         """Whether cached teacher outputs (zeros at pad positions) give the same loss as a live teacher."""

@@ -3,8 +3,11 @@ Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020).
 
 L = KL(A_t ‖ A_s) of the student's last-layer attention distributions against one teacher layer's
 (:func:`codekd.losses.attention_relation`; the paper distils the last layer, ``teacher_layer=-1``), plus
-``kd_weight``·CE(z_s/T, softmax(z_t/T)) (off by default: MiniLM itself uses no logits). The paper's value-
-relation term is not included, because models expose attention maps but not their value vectors.
+``kd_weight``·CE(z_s/T, softmax(z_t/T)) (off by default: MiniLM itself uses no logits). ``reduction``:
+``token`` (default) averages the KL over the real query rows of the whole batch; ``example`` averages each
+example's rows, then the examples, as the paper defines the loss per example (MiniLM §3.1, eq. 5-6: the
+mean over heads and the |x| tokens of one input). The paper's value-relation term is not included: models
+expose attention maps but not their value vectors.
 
 Tokens are matched by position as in CKD (:mod:`codekd.methods.layermap`): both maps are cut to the shorter
 length and keys that are padding on either side are removed, then every query row is renormalised over
@@ -36,7 +39,7 @@ class MiniLM(Method):
     summary = "MiniLM: KL of last-layer self-attention distributions (+ optional soft CE)"
     teacher_needs = ("logits", "attentions")
     student_needs = ("logits", "attentions")
-    defaults = {"teacher_layer": -1, "kd_weight": 0.0, "temperature": 1.0}
+    defaults = {"teacher_layer": -1, "kd_weight": 0.0, "temperature": 1.0, "reduction": "token"}
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__(student, teacher, **hparams)
@@ -50,6 +53,8 @@ class MiniLM(Method):
             raise ValueError(f"teacher_layer={layer}: use 1..{teacher.num_layers}, or -1 for the last layer "
                              f"(negative values count from the end)")
         self.teacher_idx = layer - 1 if layer > 0 else layer
+        if self.hp["reduction"] not in ("token", "example"):
+            raise ValueError(f"method 'minilm': option reduction={self.hp['reduction']!r}: expected token or example")
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
@@ -57,6 +62,7 @@ class MiniLM(Method):
             _over_keys(student.attentions[-1], n, mask),
             _over_keys(teacher.attentions[self.teacher_idx], n, mask),
             mask,
+            self.hp["reduction"],
         )
         logit = losses.soft_cross_entropy(student.logits, teacher.logits, self.hp["temperature"])
         loss = attention + self.hp["kd_weight"] * logit

@@ -9,8 +9,11 @@ Projecting the student (not the teacher) matters: with a trainable map on the te
 driven to 0 by shrinking both the map and the student's states. Layers: a transformer student's embedding
 output and layers 1..L_s against the teacher's embedding output and layers map(1..L_s)
 (:mod:`codekd.methods.layermap`); a BiGRU student's L_s GRU layer outputs (2H) against teacher layers
-map(1..L_s). The paper's attention-score loss is not included (it needs pre-softmax scores, and a BiGRU
-has none); :mod:`codekd.methods.minilm` distils attention.
+map(1..L_s). ``attention_weight`` > 0 adds the paper's attention loss (eq. 8;
+:func:`codekd.losses.attention_mse`): the MSE of student layer j's attention maps against teacher layer
+map(j)'s, over real (query, key) pairs, averaged over the L_s layers; transformer students only (a BiGRU has
+no attention). It compares the attention probabilities, as Hugging Face models return them, where the
+paper's code compares pre-softmax scores. The default 0 leaves it out.
 
 Tokens are matched by position as in CKD: both sides are cut to the shorter length and only positions
 real on both sides enter the mean.
@@ -18,6 +21,7 @@ real on both sides enter the mean.
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from codekd import losses
@@ -32,7 +36,7 @@ class TinyBERT(Method):
     summary = "TinyBERT: MSE of projected hidden states of matched layers + soft CE"
     teacher_needs = ("logits", "hidden_states")
     student_needs = ("logits", "hidden_states")
-    defaults = {"hidden_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0, "layers": ""}
+    defaults = {"hidden_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0, "layers": "", "attention_weight": 0.0}
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__(student, teacher, **hparams)
@@ -40,6 +44,14 @@ class TinyBERT(Method):
             student, teacher, self.hp["layers"], embeddings=True
         )
         self.projection = nn.Linear(student.feature_size, teacher.feature_size)
+        if self.hp["attention_weight"] > 0:
+            if student.kind != "transformer":
+                raise ValueError("method 'tinybert': attention_weight > 0 needs a transformer student "
+                                 "(a BiGRU has no attention maps)")
+            layers = matched_indices(student, teacher, self.hp["layers"], embeddings=False)
+            self.attention_idx = [[i - 1 for i in side] for side in layers]  # attentions[j - 1] is layer j
+            self.teacher_needs = (*self.teacher_needs, "attentions")
+            self.student_needs = (*self.student_needs, "attentions")
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
@@ -50,4 +62,14 @@ class TinyBERT(Method):
         )
         logit = losses.soft_cross_entropy(student.logits, teacher.logits, self.hp["temperature"])
         loss = self.hp["hidden_weight"] * hidden + self.hp["kd_weight"] * logit
-        return {"loss": loss, "hidden": hidden.detach(), "logit": logit.detach()}
+        parts = {"hidden": hidden.detach(), "logit": logit.detach()}
+        if self.hp["attention_weight"] > 0:
+            student_idx, teacher_idx = self.attention_idx
+            attention = losses.attention_mse(
+                torch.stack([student.attentions[i][..., :n, :n] for i in student_idx], dim=1),
+                torch.stack([teacher.attentions[i][..., :n, :n] for i in teacher_idx], dim=1),
+                mask,
+            )
+            loss = loss + self.hp["attention_weight"] * attention
+            parts["attention"] = attention.detach()
+        return {"loss": loss, **parts}
