@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from codekd.device import autocast, process_state, to_device
 from codekd.encoding import SPEC_FILE, EncodedData, batch_order
 from codekd.io import atomic_dir, is_main_process, process_alive, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
@@ -263,8 +264,6 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
     `precision` (`fp32`, `bf16`); `inputs` (`key_inputs`) is recorded in the manifest. Every process of
     a launch calls this and gets the cache; the teacher's work is shared out (see the module's notes).
     """
-    from codekd.train import _to, autocast, process_state  # codekd.train uses this module
-
     path = Path(path)
     stored = stored_needs(needs)
     if dtype not in DTYPES:
@@ -286,7 +285,7 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
 
     def rows(indices: list[int]) -> dict[str, list]:
         with autocast(precision, state.device):
-            out = run_frozen(teacher, _to(only_view.collate(indices)[view], state.device), stored)
+            out = run_frozen(teacher, to_device(only_view.collate(indices)[view], state.device), stored)
         return _rows(out, stored, lengths[indices].tolist(), torch_dtype)
 
     started = time.perf_counter()

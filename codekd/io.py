@@ -104,5 +104,5 @@ def is_main_process() -> bool:
     """Whether this is a launch's main process (rank 0 under `accelerate launch`/`torchrun`, or no launcher).
 
     Read from the environment, without starting any distributed state, so that consoles can be silenced
-    on the other processes at import time; what to write is decided by `codekd.train.process_state`."""
+    on the other processes at import time; what to write is decided by `codekd.device.process_state`."""
     return os.environ.get("RANK", "0") == "0"

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_root, key_inputs, key_of
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
+from codekd.device import process_state, teacher_device, teacher_precision
 from codekd.encoding import (
     EncodedData,
     InputSpec,
@@ -53,9 +54,6 @@ from codekd.train import (
     fit,
     micro_batch_size,
     normalized_weights,
-    process_state,
-    teacher_device,
-    teacher_precision,
     teacher_view,
 )
 from codekd.trust import from_pretrained

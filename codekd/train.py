@@ -13,7 +13,6 @@ example once and gathers the logits; only the main process writes.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -33,6 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from codekd.cache import TeacherCache
 from codekd.data import Task
+from codekd.device import autocast, make_accelerator, process_state, teacher_device, teacher_precision, to_device
 from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_file, is_main_process, write_json
 from codekd.methods import Method
@@ -40,8 +40,6 @@ from codekd.models.adapters import Outputs, align_to, run, run_frozen, unwrap
 
 console = Console(stderr=True, quiet=not is_main_process())
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = ("fp32", "bf16", "fp16")
-TEACHER_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -145,68 +143,6 @@ def check_teachers(method: Method, n: int) -> None:
         raise ValueError(f"method {method.name!r} compares features; several teachers work with logit methods only")
 
 
-def bf16_supported(device: torch.device | None = None) -> bool:
-    """bf16 on `device` (default: the GPU if there is one, else the CPU): a GPU that has it, or a CPU whose
-    oneDNN has bf16 kernels (AVX-512 BF16 / AMX).
-
-    Without them CPU bf16 is emulated and several times slower than fp32.
-    """
-    if (device.type if device is not None else "cuda" if torch.cuda.is_available() else "cpu") == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def check_precision(precision: str, option: str = "--precision") -> str:
-    """`precision` if this machine supports it, else a clear error."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"{option} {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError(f"{option} fp16 needs a CUDA GPU (it trains with a grad scaler); use fp32 or bf16")
-    if precision == "bf16" and not bf16_supported():
-        raise ValueError(f"{option} bf16: this {'GPU' if torch.cuda.is_available() else 'CPU'} has no native bf16 "
-                         "support (it would be emulated, slower than fp32); use fp32")
-    return precision
-
-
-def teacher_precision(precision: str, device: torch.device | None = None) -> str:
-    """The teacher's inference precision on `device`: `auto` is bf16 where supported, else fp32."""
-    if precision == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return check_precision(precision, "--teacher-precision")
-
-
-def autocast(precision: str, device: torch.device):
-    """Autocast for inference (the frozen teacher, evaluation) at `precision`, whatever the student's."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
-
-
-def process_state() -> PartialState:
-    """This process's place in the launch: rank, process count, device (plain `python`: one process).
-
-    A multi-process launch on a machine without a GPU runs on the CPUs over gloo; Accelerate alone
-    would start each process as a single one there.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=launched and not torch.accelerator.is_available())
-
-
-def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator for training in `fp32`, `bf16` or `fp16` (fp16 needs CUDA, where a grad scaler is used)."""
-    check_precision(precision)
-    process_state()  # first: it chooses gloo for a multi-process launch without GPUs
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
-
-
-def teacher_device(option: str, device: torch.device) -> torch.device:
-    """Where the frozen teacher runs, for a process whose device is `device` (`auto`: the same one)."""
-    if option not in TEACHER_DEVICES:
-        raise ValueError(f"--teacher-device {option!r}: expected one of {', '.join(TEACHER_DEVICES)}")
-    if option == "cuda" and device.type != "cuda":
-        raise ValueError("--teacher-device cuda: this process has no CUDA device")
-    return torch.device("cpu") if option == "cpu" else device
-
-
 def micro_batch_size(cfg: TrainConfig, processes: int) -> int:
     """Examples per forward on each process: the global `batch_size` over processes × `grad_accum`."""
     if cfg.grad_accum < 1:
@@ -244,10 +180,6 @@ def loader(data: EncodedData, batch_size: int, seed: int = 0, epoch: int = 0, sh
     return torch.utils.data.DataLoader(data, batch_sampler=batches[part::parts], collate_fn=data.collate)
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def logits_of(model: nn.Module, data: EncodedData, view: str = "student", batch_size: int = 64,
               precision: str = "fp32") -> Tensor:
@@ -262,7 +194,7 @@ def logits_of(model: nn.Module, data: EncodedData, view: str = "student", batch_
     parts = []
     for batch in loader(data, batch_size, view=view, part=state.process_index, parts=state.num_processes):
         with autocast(precision, state.device):
-            out = run_frozen(model, _to(batch[view], state.device), ("logits",))
+            out = run_frozen(model, to_device(batch[view], state.device), ("logits",))
         parts.append((batch["index"], out.logits.float().cpu()))
     logits: Tensor | None = None
     for index, rows in gather_object(parts):
@@ -337,7 +269,7 @@ def _teacher_outputs(teachers: Sequence[nn.Module], caches: Sequence[TeacherCach
         else:
             where = next(teacher.parameters()).device
             with autocast(precision, where):
-                out = run_frozen(teacher, _to(batch[teacher_view(i)], where), needs).to(device)
+                out = run_frozen(teacher, to_device(batch[teacher_view(i)], where), needs).to(device)
         if align_view(i) in batch:
             out = align_to(out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
         outputs.append(out)
@@ -441,7 +373,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             batches = torch.utils.data.DataLoader(train, batch_sampler=[ids for ids, _ in plan],
                                                   collate_fn=train.collate)
             for k, (batch, (_, weight)) in enumerate(zip(batches, plan, strict=True)):
-                batch = _to(batch, device)
+                batch = to_device(batch, device)
                 targets = _teacher_outputs(teachers, teacher_caches, needs, batch, t_precision, device) if needs else []
                 step = k % cfg.grad_accum == cfg.grad_accum - 1  # the last micro-batch: synchronise, then step
                 with nullcontext() if step else accelerator.no_sync(trainee):

@@ -271,17 +271,17 @@ def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vo
 
 
 def test_precision_options_are_checked(monkeypatch):
-    from codekd import train
+    from codekd import device
 
     with pytest.raises(ValueError, match="expected one of"):
-        train.check_precision("fp8")
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+        device.check_precision("fp8")
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        train.make_accelerator("fp16")
-    monkeypatch.setattr(train, "bf16_supported", lambda device=None: False)
+        device.make_accelerator("fp16")
+    monkeypatch.setattr(device, "bf16_supported", lambda device=None: False)
     with pytest.raises(ValueError, match="no native bf16"):
-        train.make_accelerator("bf16")
-    assert train.teacher_precision("auto") == "fp32"
-    monkeypatch.setattr(train, "bf16_supported", lambda device=None: True)
-    assert train.teacher_precision("auto") == "bf16"
-    assert train.check_precision("bf16") == "bf16"
+        device.make_accelerator("bf16")
+    assert device.teacher_precision("auto") == "fp32"
+    monkeypatch.setattr(device, "bf16_supported", lambda device=None: True)
+    assert device.teacher_precision("auto") == "bf16"
+    assert device.check_precision("bf16") == "bf16"

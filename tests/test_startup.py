@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -56,3 +57,23 @@ def test_closed_form_parameter_count_equals_the_built_model(spec, labels: int) -
     with torch.device("meta"):
         built = count_parameters(build_student(spec, labels, vocab_size=spec.vocab_size - 3, max_positions=130))
     assert parameter_count(spec, labels, vocab_size=spec.vocab_size - 3, max_positions=130) == built
+
+
+def _codekd_imports(path: Path) -> set[str]:
+    """The codekd modules a source file imports, anywhere in it (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("codekd.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("codekd"):
+            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    return found
+
+
+def test_no_two_modules_import_each_other() -> None:
+    root = REPO / "codekd"
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    imports = {m: _codekd_imports(p) & set(modules) - {m} for m, p in modules.items()}
+    pairs = sorted((a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, ()))
+    assert pairs == []
