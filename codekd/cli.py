@@ -29,6 +29,7 @@ err = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 GLOBAL_BATCH = "global batch of one optimizer step: per-process batch × processes × --grad-accum"
 GRAD_ACCUM = "micro-batches each process accumulates per optimizer step"
+FORCE = "replace an existing --out (atomically, once the new output is complete)"
 
 
 def _fail(message: str) -> None:
@@ -215,11 +216,11 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
 def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), model: Path = typer.Option(...),
                  split: str = typer.Option("test"),
                  out: Path = typer.Option(None, help="JSON output (default MODEL/eval-SPLIT.json)"),
-                 trust_remote_code: TrustRemoteCode = False) -> None:
+                 trust_remote_code: TrustRemoteCode = False, force: bool = typer.Option(False, help=FORCE)) -> None:
     """Evaluate a teacher or student directory on a split; print and write the metrics."""
     from codekd.pipeline import evaluate_model
 
-    m = evaluate_model(task, data, model, split, out, trust_remote_code)
+    m = evaluate_model(task, data, model, split, out, trust_remote_code, force)
     console.print(_metrics_table(f"{task}/{split}", [(str(model), m["metrics"])]))
 
 
@@ -271,12 +272,14 @@ def bench_model(model: Path = typer.Argument(..., help="codekd model directory (
                 device: str = typer.Option("cpu", help="cpu | cuda"),
                 threads: int = typer.Option(None, help="torch intra-op threads (default: torch's)"),
                 out: Path = typer.Option(None, help="also write the figures as JSON here"),
-                trust_remote_code: TrustRemoteCode = False) -> None:
+                trust_remote_code: TrustRemoteCode = False, force: bool = typer.Option(False, help=FORCE)) -> None:
     """Measure a model's size, batch-1 latency (p50/p95), batch-32 throughput and peak memory."""
     from codekd.bench import measure_efficiency
-    from codekd.io import write_json
+    from codekd.io import check_new_output, write_json
     from codekd.pipeline import load_for_task
 
+    if out:
+        check_new_output(out, force)
     if task:
         load_for_task(model, task, "MODEL", trust_remote_code)
     e = measure_efficiency(model, data, runs, warmup, device, threads, trust_remote_code=trust_remote_code)
@@ -302,12 +305,13 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="directory for the demo
 
 @app.command()
 def report(study_dir: Path = typer.Argument(..., help="study directory (holds results*.jsonl)"),
-           out: Path = typer.Option(None, help="report directory (default STUDY_DIR/report), replaced if it exists")
-           ) -> None:
+           out: Path = typer.Option(None, help="report directory (default STUDY_DIR/report, replaced); refused if it "
+                                   "exists, or is or contains STUDY_DIR"),
+           force: bool = typer.Option(False, help=FORCE)) -> None:
     """Write a study's tables (Markdown, LaTeX, CSV), plots and self-contained index.html from its results."""
     from codekd.report import build_report
 
-    path = build_report(study_dir, out)
+    path = build_report(study_dir, out, force)
     console.print((path / "tables.md").read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"report written to {path}: {', '.join(sorted(f.name for f in path.iterdir()))}")
 

@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,31 @@ class OutputExistsError(FileExistsError):
     """An output path already exists and would be overwritten."""
 
 
-def check_new_output(path: str | Path) -> Path:
-    """Refuse an output path that exists, before any work starts."""
+def check_new_output(path: str | Path, force: bool = False, keep: str | Path | None = None,
+                     replaceable: Callable[[Path], bool] = Path.is_file) -> Path:
+    """Refuse an output path that exists, before any work starts.
+
+    With `force`, an existing output that is `replaceable` (by default: a file) may be replaced (the caller
+    writes atomically, so the old one goes only when the new one is complete). An output that is, or contains,
+    `keep` (the input it is made from, e.g. a study directory) is refused even with `force`."""
     path = Path(path)
-    if path.exists():
-        raise OutputExistsError(f"{path}: already exists; choose another --out or remove it")
+    if keep is not None and Path(keep).resolve().is_relative_to(path.resolve()):
+        raise OutputExistsError(f"{path}: is or contains {keep}, which writing the output would destroy; choose "
+                                "another --out")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{path}: already exists; choose another --out, or add --force to replace it")
+        if not replaceable(path):
+            raise OutputExistsError(f"{path}: already exists and is not an output of this command, so even --force "
+                                    "does not replace it; choose another --out")
     return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _plain(mode: int) -> int:
@@ -47,10 +66,11 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            _remove(old)
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -320,8 +320,12 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
 
 
 def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",
-                   out: str | Path | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Evaluate a codekd model directory on one split; write the metrics as JSON."""
+                   out: str | Path | None = None, trust_remote_code: bool = False, force: bool = False
+                   ) -> dict[str, Any]:
+    """Evaluate a codekd model directory on one split; write the metrics as JSON to `out` (refused if it exists,
+    unless `force`), by default to MODEL/eval-SPLIT.json (replaced: codekd's own record in the model directory)."""
+    if out is not None:
+        check_new_output(out, force)
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     t = get_task(task)

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 from scipy.stats import ttest_rel  # noqa: E402
 
-from codekd.io import atomic_dir  # noqa: E402
+from codekd.io import atomic_dir, check_new_output  # noqa: E402
 from codekd.study import read_results  # noqa: E402
 
 METHOD_ORDER = ("ft", "kd", "dist", "pkd", "ckd")  # the study's order; other methods follow alphabetically
@@ -472,21 +472,24 @@ def _page(title: str, line: str, tables: list[Table], out: Path) -> str:
             f"<h2>Tables</h2>{''.join(to_html(t) for t in tables)}<h2>Figures</h2>{figures}</body></html>\n")
 
 
-def build_report(study_dir: Path, out: Path | None = None) -> Path:
-    """Write the report of the study in `study_dir` to `out` (default STUDY_DIR/report/), replacing an old one.
+def build_report(study_dir: Path, out: Path | None = None, force: bool = False) -> Path:
+    """Write the report of the study in `study_dir` to `out` (default STUDY_DIR/report/, replaced if it exists).
 
-    The directory appears complete or not at all: it is built next to `out` and renamed into place.
+    The directory appears complete or not at all: it is built next to `out` and renamed into place. An `out`
+    that exists is refused unless `force` (and then only a file or an old report); one that is or contains
+    the study directory always is.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise ValueError(f"{study_dir}: no such study directory")
+    out = check_new_output(study_dir / "report" if out is None else out, force or out is None, keep=study_dir,
+                           replaceable=lambda p: p.is_file() or (p / "tables.md").is_file())
     records = read_results(study_dir)
     if not records:
         raise ValueError(f"{study_dir}: no results to report (no records in results*.jsonl)")
     cells = aggregate(records)
     tables = [*study_tables(cells), efficiency_table(cells)]
     title = f"codekd study report: {study_dir.resolve().name}"
-    out = Path(out) if out is not None else study_dir / "report"
     with atomic_dir(out, replace=True) as tmp:
         (tmp / "tables.md").write_text(f"# {title}\n\n" + "\n".join(map(to_markdown, tables)), encoding="utf-8")
         (tmp / "tables.tex").write_text("% requires \\usepackage{booktabs}\n" + "\n".join(map(to_latex, tables)),

@@ -183,7 +183,7 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     if cell.kind == "teacher":  # a `dir:` teacher was tested on its own data: test it on this study's split
         out = study.under("evals", f"{cell.dir_name}.json")
         out.parent.mkdir(exist_ok=True)
-        m["model"] = evaluate_model(cell.task, data, run_dir, out=out)["metrics"]
+        m["model"] = evaluate_model(cell.task, data, run_dir, out=out, force=True)["metrics"]
     eff = measure_efficiency(run_dir, data, **study.efficiency)
     return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task,
             "headline": get_task(cell.task).headline, "teacher": cell.teacher, "student": cell.student,

@@ -176,7 +176,9 @@ def test_one_seed_and_several_teachers(tmp_path):
     assert "Teacher codebert" in text and "Teacher unixcoder" in text and "†" not in text
     assert "No significance test was possible" in text
     (out / "stale.txt").write_text("old")
-    assert not (build_report(tmp_path / "study", tmp_path / "out") / "stale.txt").exists()  # replaced whole
+    with pytest.raises(FileExistsError, match="--force"):
+        build_report(tmp_path / "study", tmp_path / "out")
+    assert not (build_report(tmp_path / "study", tmp_path / "out", force=True) / "stale.txt").exists()  # replaced whole
 
 
 def test_missing_or_empty_study_is_refused(tmp_path):

@@ -166,3 +166,57 @@ def test_study_paths_resolve_under_the_study_directory(small_exception, tmp_path
     assert study.under("runs", "x-1") == tmp_path / "out" / "runs" / "x-1"
     with pytest.raises(ValueError, match="outside the study directory"):
         study.under("runs", "../../x")
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    from test_report import study_records, write_study
+
+    return write_study(tmp_path / "study", study_records())
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("where", ["study", "parent"])
+def test_report_never_replaces_its_study(where, force, study_dir, monkeypatch, capsys):
+    before = _tree(study_dir.parent)
+    out = study_dir if where == "study" else study_dir.parent
+    rc, err = codekd_main(monkeypatch, capsys, "report", study_dir, "--out", out, *(["--force"] if force else []))
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "is or contains" in err
+    assert _tree(study_dir.parent) == before
+
+
+def test_report_out_that_exists_needs_force(study_dir, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    rc, err = codekd_main(monkeypatch, capsys, "report", study_dir, "--out", target)
+    assert rc == 2 and "already exists" in err and "--force" in err and target.read_text() == "mine"
+    other = tmp_path / "data"
+    (other / "keep").mkdir(parents=True)
+    rc, err = codekd_main(monkeypatch, capsys, "report", study_dir, "--out", other, "--force")
+    assert rc == 2 and "not an output of this command" in err and (other / "keep").is_dir()
+    rc, _ = codekd_main(monkeypatch, capsys, "report", study_dir, "--out", target, "--force")
+    assert rc == 0 and (target / "tables.md").is_file()
+    assert not list(tmp_path.glob(".notes.txt*"))  # no temporary or old copy left
+    rc, _ = codekd_main(monkeypatch, capsys, "report", study_dir, "--out", target, "--force")  # an old report
+    assert rc == 0 and (target / "tables.md").is_file()
+
+
+def test_evaluate_and_bench_out_that_exists_needs_force(small_exception, tiny_teacher, tmp_path, monkeypatch,
+                                                        capsys):
+    import json
+
+    out = tmp_path / "metrics.json"
+    out.write_text("precious")
+    for args in (["evaluate", "--task", "exception", "--data", small_exception, "--model", tiny_teacher],
+                 ["bench-model", tiny_teacher, "--data", small_exception, "--runs", "1", "--warmup", "0"]):
+        rc, err = codekd_main(monkeypatch, capsys, *args, "--out", out)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "already exists" in err, err
+        assert out.read_text() == "precious"
+    rc, _ = codekd_main(monkeypatch, capsys, "evaluate", "--task", "exception", "--data", small_exception,
+                        "--model", tiny_teacher, "--out", out, "--force")
+    assert rc == 0 and json.loads(out.read_text())["split"] == "test"
