@@ -316,6 +316,30 @@ def report(study_dir: Path = typer.Argument(..., help="study directory (holds re
     console.print(f"report written to {path}: {', '.join(sorted(f.name for f in path.iterdir()))}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build task data sets from source code.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("exception")
+def data_exception(src: list[Path] = typer.Option(None, "--from", help="source directory (repeat); default: "
+                                                   "this Python's standard library and site-packages"),
+                   out: Path = typer.Option(..., help="output data directory (train/dev/test.jsonl)"),
+                   seed: int = typer.Option(0, help="seed of the clause choice, split assignment and order"),
+                   any_licence: bool = typer.Option(False, help="also take sources whose licence is not "
+                                                    "permissive or not known")) -> None:
+    """Build an exception-classification corpus with CuBERT's recipe from Python sources."""
+    from codekd.data.builder import build_exception
+    from codekd.io import check_new_output
+
+    check_new_output(out)
+    for s in src or []:
+        if not s.is_dir():
+            _fail(f"--from {s}: not a directory")
+    build_exception(src or None, out, seed, any_licence,
+                    log=lambda t: console.print(t, markup=False, highlight=False, soft_wrap=True))
+    console.print(f"corpus written to {out}")
+
+
 def _lazy_command(name: str, module: str, function: str) -> None:
     """Add command `name`, defined as `function` in `module` (which imports torch), so that only running it
     imports the module: `codekd --help` shows its docstring's first line, read from the source."""
