@@ -77,9 +77,11 @@ def environment() -> dict[str, Any]:
 
 def make_vocab(task: str, data: str | Path, size: int, out: str | Path, max_length: int = 512,
                whitespace: str = "collapse") -> Path:
-    """Train a student BPE vocabulary of `size` tokens on the task's training code (as the students see it)."""
+    """Train a student BPE vocabulary of `size` tokens on the task's training code (as the students see it).
+
+    Every split is read and checked first, as by every command: a broken test split fails here, not later."""
     check_new_output(out)
-    examples = load_split(task, data, "train", whitespace=whitespace)
+    examples = load_splits(task, data, whitespace=whitespace)["train"]
     return save_vocab(train_vocab(training_texts(examples), size, max_length), out)
 
 

@@ -4,8 +4,10 @@ Every input goes through `codekd.encoding.encode` with the `codekd.json` saved n
 prediction sees exactly the preprocessing the model was trained with (whitespace mode, truncation mode,
 maximum length, UniXcoder prefix). Input is JSONL with the task's field names (`func` or `function`;
 `func1` and `func2` for clone pairs; any label field is ignored) or raw source files, one function per
-file. A bad input line is a `DataError` naming `<input>:<line>`; `skip_bad` collects them instead, so
-a large batch job reports its few bad lines and predicts the rest.
+file. A bad input line is a `DataError` naming `<input>:<line>`; `--skip-bad` reports them and predicts the
+rest, so a large batch job loses exactly its bad lines. The command streams: it reads, predicts and prints
+`CHUNK_BATCHES` batches at a time, so its memory does not grow with the input and the first results appear
+after the first chunk; each output line names its input line (or file) so outputs stay matched to inputs.
 
 ONNX directories (written by `codekd export`, detected by their `model.onnx`) need the optional
 `onnxruntime` dependency (`pip install codekd[deploy]`); it is imported only when one is loaded.
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from codekd.data import DataError, Example, get_task, normalize_code
 from codekd.data.readers import InvalidRecord, record_code
+from codekd.data.text import json_line, open_binary, raw_lines, read_text
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
@@ -38,9 +41,11 @@ hf_logging.disable_progress_bar()  # per-file load bars on stderr would mix with
 
 ONNX_FILE = "model.onnx"
 UNLABELLED = -1  # the label of an Example read for prediction
+CHUNK_BATCHES = 8  # `predict` reads, predicts (length-bucketed) and prints this many batches at a time
 
 Batch = dict[str, torch.Tensor]
 Forward = Callable[[Batch], np.ndarray]
+Input = tuple[dict[str, Any], Example]  # where an input came from ({"line": n, "id": ...} or {"file": path}), and it
 
 
 def torch_forward(model: PreTrainedModel) -> Forward:
@@ -84,49 +89,37 @@ def _example(pair: bool, rec: Any, whitespace: str, source: str) -> Example:
     return Example(codes[0], UNLABELLED, codes[1] if pair else None, source)
 
 
-def read_jsonl(lines: Iterable[str], name: str, spec: InputSpec) -> tuple[list[Example], list[DataError]]:
-    """The functions of JSONL `lines` (blank lines skipped) and a `DataError` for each bad line.
+def read_jsonl(f: IO[bytes], name: str, pair: bool, whitespace: str) -> Iterator[Input | DataError]:
+    """Each JSONL line of the binary stream `f` (blank lines skipped) as `(key, Example)`, or a `DataError` for a
+    bad line; `key` is `{"line": n}` (1-based), plus the record's `"id"` when it has one.
 
-    `name` is what errors call the input (a path or `<stdin>`); line numbers are 1-based.
+    `name` is what errors call the input (a path or `<stdin>`). Each line is decoded on its own, so a bad byte
+    costs its own line only.
     """
-    pair = get_task(spec.task).pair
-    examples, errors = [], []
-    try:
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                examples.append(_example(pair, json.loads(line), spec.whitespace, f"{name}:{n}"))
-            except json.JSONDecodeError as e:
-                errors.append(DataError(name, f"bad JSON: {e.msg} (column {e.colno})", n))
-            except InvalidRecord as e:
-                errors.append(DataError(name, str(e), n))
-    except UnicodeDecodeError as e:
-        errors.append(DataError(name, f"not UTF-8 text: {e.reason}"))
-    return examples, errors
+    for n, raw in raw_lines(f):
+        try:
+            rec = json_line(raw, name, n)
+            if rec is not None:
+                example = _example(pair, rec, whitespace, f"{name}:{n}")
+                yield {"line": n, **({"id": rec["id"]} if "id" in rec else {})}, example
+        except InvalidRecord as e:
+            yield DataError(name, str(e), n)
+        except DataError as e:
+            yield e
 
 
-def read_sources(paths: Sequence[Path], spec: InputSpec) -> tuple[list[Example], list[DataError]]:
-    """One function per raw source file (single-function tasks only) and a `DataError` for each bad file."""
-    if get_task(spec.task).pair:
-        raise ValueError(f"raw source files work for single-function tasks only; give {spec.task} pairs as JSONL "
-                         "lines with func1 and func2")
-    examples, errors = [], []
+def read_sources(paths: Sequence[Path], whitespace: str) -> Iterator[Input | DataError]:
+    """One function per raw source file, as `({"file": path}, Example)`, or a `DataError` for a bad file."""
     for path in paths:
         try:
-            with open(path, encoding="utf-8", newline="") as f:
-                code = normalize_code(f.read(), spec.whitespace)
-        except UnicodeDecodeError as e:
-            errors.append(DataError(path, f"not UTF-8 text: {e.reason}"))
-            continue
-        except OSError as e:
-            errors.append(DataError(path, f"cannot read: {e.strerror}"))
+            code = normalize_code(read_text(Path(path)), whitespace)
+        except DataError as e:
+            yield e
             continue
         if code.strip():
-            examples.append(Example(code, UNLABELLED, None, str(path)))
+            yield {"file": str(path)}, Example(code, UNLABELLED, None, str(path))
         else:
-            errors.append(DataError(path, "no code (the file is empty)"))
-    return examples, errors
+            yield DataError(path, "no code (the file is empty)")
 
 
 class Predictor:
@@ -216,27 +209,66 @@ def predict_command(
     skip_bad: Annotated[bool, typer.Option(help="report bad inputs on stderr and predict the rest")] = False,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
-    """Predict functions with a trained model: one JSON line {"label", "probs"} per input on stdout."""
+    """Predict functions with a trained model: one JSON line {"line" (or "file"), ["id"], "label", "probs"} per
+    input on stdout, streamed in chunks of CHUNK_BATCHES batches."""
+    if files and input_ is not None:
+        raise ValueError("give either --input or raw source FILES, not both")
     predictor = Predictor.from_pretrained(model, batch_size, trust_remote_code=trust_remote_code)
     if task is not None and task != predictor.spec.task:
         raise ValueError(f"--task {task}: the model at {model} was trained for task {predictor.spec.task!r}")
-    if files and input_ is not None:
-        raise ValueError("give either --input or raw source FILES, not both")
-    if files:
-        examples, errors = read_sources(files, predictor.spec)
-    elif input_ in (None, "-"):
-        examples, errors = read_jsonl(sys.stdin, "<stdin>", predictor.spec)
-    else:
-        try:
-            with open(input_, encoding="utf-8") as f:
-                examples, errors = read_jsonl(f, input_, predictor.spec)
-        except OSError as e:
-            raise DataError(input_, f"cannot read: {e.strerror}") from None
-    if errors and not skip_bad:
-        raise errors[0]
-    if not examples and not errors:
+    pair, whitespace = predictor.task.pair, predictor.spec.whitespace
+    if files and pair:
+        raise ValueError(f"raw source files work for single-function tasks only; give {predictor.spec.task} pairs "
+                         "as JSONL lines with func1 and func2")
+
+    def inputs() -> Iterator[Input | DataError]:
+        if files:
+            yield from read_sources(files, whitespace)
+        elif input_ in (None, "-"):
+            yield from read_jsonl(sys.stdin.buffer, "<stdin>", pair, whitespace)
+        else:
+            with open_binary(Path(input_)) as f:
+                yield from read_jsonl(f, input_, pair, whitespace)
+
+    if not skip_bad and (files or input_ not in (None, "-")):  # a file can be read twice: check it all first
+        first_error = next((item for item in inputs() if isinstance(item, DataError)), None)
+        if first_error is not None:
+            raise first_error
+    seen = 0
+    for chunk in _chunks(inputs(), batch_size * CHUNK_BATCHES):
+        good = [item for item in chunk if not isinstance(item, DataError)]
+        results = iter(predictor.predict([example for _, example in good], top_k))
+        lines = []
+        for item in chunk:
+            if isinstance(item, DataError):
+                if not skip_bad:
+                    _write(lines)
+                    raise item
+                typer.echo(f"skipped {item}", err=True)
+            else:
+                lines.append(json.dumps({**item[0], **next(results)}))
+        _write(lines)
+        seen += len(chunk)
+    if not seen:
         raise ValueError("no functions to predict: the input is empty")
-    for e in errors:
-        typer.echo(f"skipped {e}", err=True)
-    for result in predictor.predict(examples, top_k):
-        typer.echo(json.dumps(result))
+
+
+def _chunks(items: Iterable[Input | DataError], size: int) -> Iterator[list[Input | DataError]]:
+    """Consecutive runs of `items` holding `size` inputs each (bad lines ride along), the last one shorter."""
+    chunk: list[Input | DataError] = []
+    good = 0
+    for item in items:
+        chunk.append(item)
+        good += not isinstance(item, DataError)
+        if good == size:
+            yield chunk
+            chunk, good = [], 0
+    if chunk:
+        yield chunk
+
+
+def _write(lines: list[str]) -> None:
+    """Print output lines now (a pipe would otherwise hold them in its buffer)."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()

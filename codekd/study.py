@@ -31,6 +31,7 @@ from typing import Any
 
 from codekd.data import DataError, get_task, load_split
 from codekd.data.readers import _NAMES
+from codekd.data.text import parse_json, shown, text_lines
 from codekd.io import atomic_dir, atomic_write_text, process_alive
 from codekd.models import get_preset
 from codekd.study_config import Cell, Study, load_study, parse_shard, plan
@@ -49,17 +50,23 @@ def results_file(study_dir: Path, shard: tuple[int, int]) -> Path:
 
 def read_results(study_dir: str | Path) -> list[dict[str, Any]]:
     """All records of a study directory (`results*.jsonl`, in file order). A line that is not a complete JSON
-    record — a damaged or hand-edited file — is a `DataError` naming the file and line, never skipped."""
-    records = []
+    record — a damaged or hand-edited file — or a second record of one cell (a copied line or file, which the
+    report would count twice) is a `DataError` naming the file and line, never skipped."""
+    records, seen = [], {}
     for path in sorted(Path(study_dir).glob("results*.jsonl")):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in text_lines(path):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not a complete JSON record ({e.msg}); the file was damaged — delete this "
+                rec = parse_json(line, path, n)
+            except DataError as e:
+                raise DataError(path, f"not a complete JSON record ({e.what}); the file was damaged — delete this "
                                 "line and rerun the study to redo its cell", n) from None
-            if not isinstance(rec, dict) or not {"key", "cell", "kind", "metrics"} <= set(rec):
+            if not (isinstance(rec, dict) and {"key", "cell", "kind", "metrics"} <= set(rec)
+                    and isinstance(rec["key"], str) and isinstance(rec["metrics"], dict)):
                 raise DataError(path, "not a codekd study record (needs key, cell, kind, metrics)", n)
+            if rec["key"] in seen:
+                raise DataError(path, f"a second record of cell {shown(rec['cell'])} (its first is at "
+                                f"{seen[rec['key']]}); delete one of them", n)
+            seen[rec["key"]] = f"{path}:{n}"
             records.append(rec)
     return records
 

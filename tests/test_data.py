@@ -237,3 +237,110 @@ def test_demo_slice_loads_and_is_small():
             repos = {"/".join(json.loads(line)["info"].split(" ")[1].split("/")[:2]) for line in f}
         assert repos <= allowed
         assert all((root / "licenses" / f"{repo.replace('/', '__')}.txt").is_file() for repo in repos)
+
+
+# --- bad bytes, odd files (issue 15): one DataError naming the file and line, whatever the reader --------
+
+REC = b'{"func": "int f();", "target": 0}\n'
+BAD_BYTES = {  # name: (line 2 of train.jsonl, part of the message)
+    "invalid utf-8": (b'{"func": "int \xff g();", "target": 0}', "not UTF-8 text: byte 0xff"),
+    "utf-8 encoded surrogate": (b'{"func": "\xed\xa0\x80", "target": 0}', "not UTF-8 text"),
+    "lone surrogate escape": (b'{"func": "int \\ud800 g();", "target": 0}', "lone surrogate"),
+    "lone low surrogate": (b'{"func": "\\udc00", "target": 0}', "lone surrogate"),
+    "deep nesting": (b"[" * 200_000 + b"]" * 200_000, "nested too deep"),
+    "5000-digit label": (b'{"func": "x", "target": ' + b"7" * 5000 + b"}", "number too long"),
+    "NUL byte": (b'{"func": "x\x00", "target": 0}', "NUL byte"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BYTES.values(), ids=BAD_BYTES.keys())
+def test_bad_bytes_name_file_and_line(tmp_path, case):
+    line, fragment = case
+    (tmp_path / "train.jsonl").write_bytes(REC + line + b"\n" + REC)
+    with pytest.raises(DataError) as err:
+        load_split("defect", tmp_path, "train")
+    assert str(err.value).startswith(f"{tmp_path / 'train.jsonl'}:2: ") and fragment in str(err.value)
+    assert len(str(err.value)) < 300  # one readable line, not the payload
+
+
+def test_utf16_file_is_refused_with_its_name(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(REC.decode().encode("utf-16"))
+    with pytest.raises(DataError, match="train.jsonl:1: not UTF-8 text: the file is UTF-16"):
+        load_split("defect", tmp_path, "train")
+    (tmp_path / "train.jsonl").write_bytes(REC.decode().encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(DataError, match="train.jsonl:1: not UTF-8 text: a NUL byte"):
+        load_split("defect", tmp_path, "train")
+
+
+def test_large_label_and_index_are_shown_short(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b'{"func": "x", "target": ' + b"9" * 4000 + b"}\n")
+    with pytest.raises(DataError, match=r"train.jsonl:1: label <4000-digit integer> is neither"):
+        load_split("defect", tmp_path, "train")
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "function.json").write_text(DEVIGN_JSON)
+    (tmp_path / "train.txt").write_text("0\n" + "1" * 5000 + "\n")
+    with pytest.raises(DataError, match=r"train.txt:2: index '1111.*\.\.\. is not an integer"):
+        load_split("defect", tmp_path, "train")
+
+
+def test_whole_file_json_errors_name_their_line(tmp_path):
+    (tmp_path / "train.txt").write_text("0\n")
+    for payload, line, fragment in ((b'[{"func": "f", "target": 0},\n{"func": "\xfe"}]', 2, "byte 0xfe at byte 11"),
+                                    (b"[\n\n" + b"[" * 100_000 + b"]" * 100_000 + b"]", 3, "nested too deep"),
+                                    (b'[\n{"func": "\\ud800", "target": 0}]', 2, "lone surrogate"),
+                                    (b'[\n1,\n' + b"2" * 5000 + b"]", 3, "number too long")):
+        (tmp_path / "function.json").write_bytes(payload)
+        with pytest.raises(DataError) as err:
+            load_split("defect", tmp_path, "train")
+        assert str(err.value).startswith(f"{tmp_path / 'function.json'}:{line}: ") and fragment in str(err.value)
+
+
+def test_bom_and_crlf_are_accepted_in_every_layout(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    for split in ("train", "valid", "test"):
+        (jsonl / f"{split}.jsonl").write_bytes(bom + REC.replace(b"\n", b"\r\n") * 2)
+    assert [len(v) for v in load_splits("defect", jsonl).values()] == [2, 2, 2]
+    bcb = tmp_path / "bcb"
+    bcb.mkdir()
+    (bcb / "data.jsonl").write_bytes(bom + DATA_JSONL.encode().replace(b"\n", b"\r\n"))
+    for split in ("train", "valid", "test"):
+        (bcb / f"{split}.txt").write_bytes(bom + b"1\t2\t1\r\n")
+    assert load_split("clone", bcb, "train")[0].code2 == "void b() {}"
+    devign = tmp_path / "devign"
+    devign.mkdir()
+    (devign / "function.json").write_bytes(bom + DEVIGN_JSON.encode())
+    (devign / "train.txt").write_bytes(bom + b"0\r\n")
+    assert load_split("defect", devign, "train")[0].code == "int f();"
+
+
+def test_bigclonebench_duplicate_idx(tmp_path):
+    (tmp_path / "train.txt").write_text("1\t2\t1\n")
+    (tmp_path / "data.jsonl").write_text(DATA_JSONL + '{"func": "void a() {}", "idx": 1}\n')  # identical: accepted
+    assert load_split("clone", tmp_path, "train")[0].code == "void a() {}"
+    (tmp_path / "data.jsonl").write_text(DATA_JSONL + '{"func": "void c() {}", "idx": "1"}\n')
+    with pytest.raises(DataError, match=r"data.jsonl:3: idx '1' is also at line 1, with different code"):
+        load_split("clone", tmp_path, "train")
+    (tmp_path / "data.jsonl").write_text('{"func": "void a() {}", "idx": [1]}\n')
+    with pytest.raises(DataError, match=r"data.jsonl:1: field 'idx' must be a string or an integer"):
+        load_split("clone", tmp_path, "train")
+
+
+def test_odd_split_files_are_reported_as_what_they_are(tmp_path):
+    cases = {"a directory": lambda p: p.mkdir(), "a symbolic link loop": lambda p: p.symlink_to(p.name),
+             "a dangling symbolic link": lambda p: p.symlink_to("gone.jsonl")}
+    for what, make in cases.items():
+        d = tmp_path / what.replace(" ", "-")
+        d.mkdir()
+        make(d / "train.jsonl")
+        with pytest.raises(DataError) as err:
+            load_split("defect", d, "train")
+        assert str(err.value).startswith(f"{d / 'train.jsonl'}: is {what}")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="a-file: is a file, not a data directory"):
+        load_split("defect", tmp_path / "a-file", "train")
+    d = tmp_path / "shard-dir"
+    (d / "train.jsontxt-00000-of-00001").mkdir(parents=True)
+    with pytest.raises(DataError, match="train.jsontxt-00000-of-00001: is a directory"):
+        load_split("exception", d, "train")

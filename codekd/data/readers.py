@@ -19,18 +19,22 @@ Split file names: "train" is `train`, "test" is `test`, "valid" is the first of 
 
 Everything is validated while reading: any problem is a `DataError` whose message starts with the
 offending file and 1-based line, so a bad dataset fails loudly before training starts, not silently
-halfway through.
+halfway through. Bytes are read by `codekd.data.text` (UTF-8, a BOM accepted; bad bytes, lone surrogates,
+too deep JSON and too long numbers refused with their line). A split name that is a directory, a link
+loop or a dangling link is reported as such, not as a missing split. In `data.jsonl`, an `idx` given
+twice is refused when the two functions differ (the later one would silently win); a repeated identical
+record is accepted, as it changes nothing.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from codekd.data.tasks import Task, get_task
+from codekd.data.text import DataError, file_kind, json_lines, parse_json, read_text, regular_file, shown, text_lines
 
 SPLITS = ("train", "valid", "test")
 WHITESPACE = ("collapse", "keep")
@@ -45,14 +49,6 @@ class Example:
     label: int
     code2: str | None = None
     source: str = ""
-
-
-class DataError(ValueError):
-    """A dataset problem, reported as "<path>:<line>: <what is wrong>" (no line for whole-file problems)."""
-
-    def __init__(self, path: str | Path, what: str, line: int | None = None) -> None:
-        self.path, self.line, self.what = Path(path), line, what
-        super().__init__(f"{path}:{line}: {what}" if line is not None else f"{path}: {what}")
 
 
 class InvalidRecord(Exception):
@@ -74,13 +70,14 @@ def load_split(
     _check(split, SPLITS, "split")
     _check(whitespace, WHITESPACE, "whitespace mode")
     d = Path(data_dir)
-    if not d.is_dir():
-        raise DataError(d, "data directory does not exist")
+    kind = file_kind(d)
+    if kind != "dir":
+        raise DataError(d, "data directory does not exist" if kind is None else "is a file, not a data directory")
     if any(_jsonl_files(d, s) for s in SPLITS):
         return _read_jsonl_split(task, d, split, whitespace)
-    if (d / "function.json").is_file():
+    if regular_file(d / "function.json"):
         return _read_devign(task, d, split, whitespace)
-    if (d / "data.jsonl").is_file():
+    if regular_file(d / "data.jsonl"):
         return _read_bigclonebench(task, d, split, whitespace)
     raise DataError(
         d,
@@ -106,37 +103,20 @@ def _jsonl_files(d: Path, split: str) -> list[Path]:
     """The JSONL file(s) holding `split`, or [] when there are none."""
     for name in _NAMES[split]:
         for path in (d / f"{name}.jsonl", d / f"{name}.jsontxt"):
-            if path.is_file():
+            if regular_file(path):
                 return [path]
         shards = sorted(d.glob(f"{name}.jsontxt-*"))
         if shards:
-            return shards
+            return [path for path in shards if regular_file(path)]
     return []
 
 
 def _txt_file(d: Path, split: str, what: str) -> Path:
     for name in _NAMES[split]:
-        if (d / f"{name}.txt").is_file():
+        if regular_file(d / f"{name}.txt"):
             return d / f"{name}.txt"
     looked = ", ".join(f"{name}.txt" for name in _NAMES[split])
     raise DataError(d, f"missing {split} split file ({what}); looked for {looked}")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-blank lines of a text file with their 1-based numbers, line ending removed."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line.rstrip("\r\n")
-
-
-def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
-    """Parsed JSONL lines of `path` (blank lines skipped) with their 1-based numbers."""
-    for n, line in _lines(path):
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", n) from None
 
 
 def record_code(rec: dict[str, Any], key: str, whitespace: str) -> str:
@@ -155,7 +135,7 @@ def _label(task: Task, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(task.labels):
         return value
     raise InvalidRecord(
-        f"label {value!r} is neither a class index 0..{len(task.labels) - 1} nor a class name of task "
+        f"label {shown(value)} is neither a class index 0..{len(task.labels) - 1} nor a class name of task "
         f"{task.name!r} ({', '.join(task.labels)})"
     )
 
@@ -184,7 +164,7 @@ def _read_jsonl_split(task: Task, d: Path, split: str, whitespace: str) -> list[
         raise DataError(d, f"missing {split} split file; looked for {looked}")
     examples = []
     for path in paths:
-        for n, rec in _json_objects(path):
+        for n, rec in json_lines(path):
             try:
                 examples.append(_record(task, rec, whitespace, f"{path}:{n}"))
             except InvalidRecord as e:
@@ -201,21 +181,18 @@ def _read_devign(task: Task, d: Path, split: str, whitespace: str) -> list[Examp
             path, f"CodeXGLUE Devign data holds single functions, but task {task.name!r} needs pairs"
         )
     index_path = _txt_file(d, split, "Devign index file")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", e.lineno) from None
+    records = parse_json(read_text(path), path)
     if not isinstance(records, list):
         raise DataError(path, f"expected a JSON array of records, got {type(records).__name__}")
     examples = []
-    for n, text in _lines(index_path):
+    for n, text in text_lines(index_path):
         try:
             i = int(text)
         except ValueError:
-            raise DataError(index_path, f"index {text!r} is not an integer", n) from None
+            raise DataError(index_path, f"index {shown(text)} is not an integer", n) from None
         if not 0 <= i < len(records):
             raise DataError(
-                index_path, f"index {i} is out of range (function.json has {len(records)} records)", n
+                index_path, f"index {shown(i)} is out of range (function.json has {len(records)} records)", n
             )
         try:
             examples.append(_record(task, records[i], whitespace, f"{index_path}:{n}"))
@@ -233,29 +210,40 @@ def _read_bigclonebench(task: Task, d: Path, split: str, whitespace: str) -> lis
             path, f"CodeXGLUE BigCloneBench data holds function pairs, but task {task.name!r} does not"
         )
     pairs_path = _txt_file(d, split, "BigCloneBench pair file")
-    functions = {}
-    for n, rec in _json_objects(path):
+    functions: dict[str, tuple[str, int]] = {}  # idx -> (code, line)
+    for n, rec in json_lines(path):
         try:
-            if not isinstance(rec, dict):
-                raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
-            for key in ("func", "idx"):
-                if key not in rec:
-                    raise InvalidRecord(f"missing field {key!r}")
-            functions[str(rec["idx"])] = record_code(rec, "func", whitespace)
+            idx, code = _function(rec, whitespace)
         except InvalidRecord as e:
             raise DataError(path, str(e), n) from None
+        if idx in functions and functions[idx][0] != code:
+            raise DataError(path, f"idx {shown(idx)} is also at line {functions[idx][1]}, with different code", n)
+        functions.setdefault(idx, (code, n))
     examples = []
-    for n, line in _lines(pairs_path):
+    for n, line in text_lines(pairs_path):
         fields = line.split("\t")
         if len(fields) != 3 or fields[2] not in ("0", "1"):
             raise DataError(
-                pairs_path, f"expected 'idx1<TAB>idx2<TAB>label' with label 0 or 1, got {line!r}", n
+                pairs_path, f"expected 'idx1<TAB>idx2<TAB>label' with label 0 or 1, got {shown(line)}", n
             )
         for idx in fields[:2]:
             if idx not in functions:
-                raise DataError(pairs_path, f"function id {idx!r} is not in data.jsonl", n)
+                raise DataError(pairs_path, f"function id {shown(idx)} is not in data.jsonl", n)
         label = int(fields[2])
-        examples.append(Example(functions[fields[0]], label, functions[fields[1]], f"{pairs_path}:{n}"))
+        examples.append(Example(functions[fields[0]][0], label, functions[fields[1]][0], f"{pairs_path}:{n}"))
     if not examples:
         raise DataError(pairs_path, f"{split} split has no records")
     return examples
+
+
+def _function(rec: Any, whitespace: str) -> tuple[str, str]:
+    """(idx, code) of one BigCloneBench `data.jsonl` record; raises InvalidRecord naming what is wrong."""
+    if not isinstance(rec, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
+    for key in ("func", "idx"):
+        if key not in rec:
+            raise InvalidRecord(f"missing field {key!r}")
+    idx = rec["idx"]
+    if isinstance(idx, bool) or not isinstance(idx, int | str):
+        raise InvalidRecord(f"field 'idx' must be a string or an integer, got {shown(idx)}")
+    return str(idx), record_code(rec, "func", whitespace)
