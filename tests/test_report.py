@@ -34,7 +34,7 @@ def efficiency(p50: float) -> dict:
 def record(student, method, seed, acc, teacher=TEACHER, eff=None) -> dict:
     """A study record as `codekd study` writes it (FT students have no teacher, as in the study runner)."""
     name = student or teacher
-    return {"kind": "student" if student else "teacher", "key": f"{name}{method}{seed}", "task": "exception",
+    return {"kind": "student" if student else "teacher", "key": f"{teacher}.{name}{method}{seed}", "task": "exception",
             "cell": f"exception.{teacher}.{name}.{method}.s{seed}", "headline": "accuracy",
             "teacher": teacher, "student": student, "method": method, "seed": seed,
             "metrics": {"accuracy": acc, "top3_accuracy": min(1.0, acc + 0.2), "macro_f1": acc / 2, "n": 300},
