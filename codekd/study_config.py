@@ -94,7 +94,8 @@ class Study:
         cells = []
         for task in self.data:
             for student in self.students:
-                for method, opts in self.methods.items():
+                for name, opts in self.methods.items():
+                    method = opts.get("method", name)  # an entry may name a variant of a method
                     needs_teacher = bool(get_method(method).teacher_needs)
                     for teacher in (self.teachers if needs_teacher else [None]):
                         for seed in self.seeds:
@@ -103,8 +104,9 @@ class Study:
                                       "hparams": opts.get("hparams", {}), "align": opts.get("align", "position"),
                                       "train": {**self.train, **opts.get("train", {}), "seed": seed},
                                       "teacher": None if teacher is None else
-                                      {"name": teacher, "key": self.teacher_cell(task, teacher).key}}
-                            cells.append(Cell(task, teacher, student, method, seed, config))
+                                      {"name": teacher, "key": self.teacher_cell(task, teacher).key},
+                                      **({"variant": name} if name != method else {})}
+                            cells.append(Cell(task, teacher, student, name, seed, config))
         return cells
 
 
@@ -173,11 +175,11 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
                                          else ((m, {}) for m in raw["methods"]))}
     for m, opts in methods.items():
         try:
-            get_method(m)
+            get_method(opts.get("method", m))
         except ValueError as e:
-            _fail(path, "methods", str(e))
-        if set(opts) - {"hparams", "train", "align"}:
-            _fail(path, f"methods.{m}", "expected only hparams, train and align")
+            _fail(path, f"methods.{m}" if "method" in opts else "methods", str(e))
+        if set(opts) - {"hparams", "train", "align", "method"}:
+            _fail(path, f"methods.{m}", "expected only method, hparams, train and align")
         opts["train"] = _train_options(path, f"methods.{m}.train", opts.get("train", {}))
     teachers = raw.get("teachers") or {}
     for name, t in teachers.items():
@@ -185,7 +187,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             _fail(path, f"teachers.{name}", "give either model: (a Hugging Face encoder to fine-tune) or "
                   "dir: (a fine-tuned codekd teacher directory, per task: {task: DIR})")
         t["train"] = _train_options(path, f"teachers.{name}.train", t.get("train", {}))
-    if any(get_method(m).teacher_needs for m in methods) and not teachers:
+    if any(get_method(o.get("method", m)).teacher_needs for m, o in methods.items()) and not teachers:
         _fail(path, "teachers", "the methods need a teacher")
     limit = _limits(path, raw.get("limit") or {}, data)
     efficiency = {"runs": 50, "warmup": 10, "device": "cpu", "threads": None, "isolate": True,
