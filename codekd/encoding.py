@@ -164,13 +164,14 @@ def align_by_offsets(student: Sequence[Span], teacher: Sequence[Span]) -> list[i
     return index
 
 
-def pad_batch(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest member of the batch (right padding) and build the attention mask.
+def pad_batch(items: Sequence[dict], pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad to the longest member of the batch, or to `width` (the study's ``padding='max_length'``), on the
+    right, and build the attention mask.
 
     `input_ids` are padded with `pad_id`, every other sequence with 0.
     """
     lengths = [len(next(iter(it.values()))) for it in items]
-    width = max(lengths)
+    width = max(max(lengths), width or 0)
     batch: dict[str, torch.Tensor] = {}
     for key in items[0]:
         fill = pad_id if key == "input_ids" else 0
@@ -182,9 +183,11 @@ def pad_batch(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
 class EncodedData(torch.utils.data.Dataset):
     """Labels plus one encoding per model role ("student", "teacher", …) of the same examples."""
 
-    def __init__(self, labels: Sequence[int], views: dict[str, tuple[list[dict], int]]):
+    def __init__(self, labels: Sequence[int], views: dict[str, tuple[list[dict], int]],
+                 pad_to: dict[str, int] | None = None):
         self.labels = list(labels)
         self.views = views
+        self.pad_to = pad_to or {}  # view → fixed batch width (pad to max_length); others pad to the longest
         for name, (items, _) in views.items():
             if len(items) != len(self.labels):
                 raise ValueError(f"view {name!r} has {len(items)} items for {len(self.labels)} labels")
@@ -203,7 +206,7 @@ class EncodedData(torch.utils.data.Dataset):
         batch: dict[str, Any] = {"labels": torch.tensor([self.labels[i] for i in indices]),
                                  "index": torch.tensor(list(indices))}
         for name, (items, pad_id) in self.views.items():
-            batch[name] = pad_batch([items[i] for i in indices], pad_id)
+            batch[name] = pad_batch([items[i] for i in indices], pad_id, self.pad_to.get(name))
         return batch
 
 

@@ -29,6 +29,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.utils import logging as hf_logging
 
 from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_root, key_inputs, key_of
+from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.device import process_state, teacher_device, teacher_precision
 from codekd.encoding import (
@@ -190,11 +191,16 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
                 pairs = zip(token_spans(tokenizer, splits[split], spec), token_spans(tok, splits[split], tspec),
                             strict=True)
                 views[align_view(i)] = ([{"teacher_index": align_by_offsets(s, t)} for s, t in pairs], 0)
-        return EncodedData([ex.label for ex in splits[split]], views)
+        pad_to = {name: spec.max_length for name in views} if cfg.pad_to_max_length else {}
+        pad_to.update({teacher_view(i): t.spec.max_length for i, t in enumerate(teachers) if pad_to})
+        return EncodedData([ex.label for ex in splits[split]], views, pad_to)
 
     train, valid, test = data("train"), data("valid"), data("test")
     caches = []
-    if cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
+    if cfg.teacher_dropout and teachers:
+        console.print("teacher dropout on (--teacher-dropout / --study-compat): its outputs are random, so the "
+                      "teacher runs live and nothing is cached")
+    elif cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
                                 teacher_precision(cfg.teacher_precision, state.device)) for i, t in enumerate(teachers)]
     result = fit(model, method, train, valid, task, cfg, work,
@@ -281,6 +287,11 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     tok = load_tokenizer(vocab, trust_remote_code)
     spec_s = student_spec(student, len(tok))
     hparams = dict(hparams or {})
+    if cfg.study_compat:
+        train_settings, method_settings = study_settings(method, spec_s.kind)
+        cfg, hparams = replace(cfg, **train_settings), {**hparams, **method_settings}
+    if cfg.gru_over_pads and spec_s.kind != "gru":
+        raise ValueError(f"--gru-over-pads needs a BiGRU student, not {spec_s.name or spec_s.kind!r}")
     config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
               "method": method, "teachers": [str(t) for t in teachers], "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
@@ -293,10 +304,12 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     loaded = [load_for_task(path, task, "--teacher", trust_remote_code) for path in teachers]
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
+    if spec_s.kind == "gru":
+        net.config.run_over_pads = cfg.gru_over_pads
     net.config.id2label = dict(enumerate(t.labels))
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
     spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
-                     extra={"student": spec_s.name})
+                     extra={"student": spec_s.name, **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})})
     return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align,
                 CacheOptions() if cache is None else cache)
 
@@ -333,7 +346,8 @@ def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: st
     t = get_task(task)
     model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code)
     examples = load_split(t, data, split, whitespace="keep")
-    data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)})
+    data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)},
+                        {"student": spec.max_length} if spec.extra.get("pad_to_max_length") else None)
     metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),
                "metrics": evaluate(model, data_, t)}
     if process_state().is_main_process:

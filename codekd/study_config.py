@@ -23,7 +23,7 @@ from codekd.models import get_preset
 from codekd.train import train_options
 
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
-       "methods", "train", "efficiency", "cache", "vocab_size")
+       "methods", "train", "efficiency", "cache", "vocab_size", "study_compat")
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -200,7 +200,8 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     seeds = [int(s) for s in raw["seeds"]]
     return Study(path, str(raw["name"]), Path(out or raw.get("out") or Path("studies") / str(raw["name"])), data,
                  teachers, list(raw["students"]), methods, seeds, common, efficiency,
-                 _train_options(path, "train", raw.get("train") or {}))
+                 _train_options(path, "train", {**({"study_compat": raw["study_compat"]} if "study_compat" in raw
+                                                   else {}), **(raw.get("train") or {})}))
 
 
 def _limits(path: Path, raw: Any, tasks: dict[str, Path]) -> dict[str, dict[str, int]]:

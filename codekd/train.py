@@ -59,6 +59,10 @@ class TrainConfig:
     teacher_precision: str = "auto"  # the frozen teacher's inference: bf16 where supported, else fp32
     teacher_device: str = "auto"  # where the frozen teacher runs: auto (this process's device) | cpu | cuda
     bucket: bool = True  # group similar lengths into batches (less padding); False = plain random batches
+    teacher_dropout: bool = False  # run the teacher in train mode (dropout on), as the study's code does
+    pad_to_max_length: bool = False  # pad every batch to max_length (the study's padding='max_length')
+    gru_over_pads: bool = False  # BiGRU students run over pad positions and pool at the last one (the study's)
+    study_compat: bool = False  # all of the study's quirks for the method and student kind (codekd.compat)
 
 
 def train_options(opts: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -258,9 +262,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _teacher_outputs(teachers: Sequence[nn.Module], caches: Sequence[TeacherCache | None], needs: Sequence[str],
-                     batch: dict[str, Any], precision: str, device: torch.device) -> list[Outputs]:
+                     batch: dict[str, Any], precision: str, device: torch.device,
+                     dropout: bool = False) -> list[Outputs]:
     """Each teacher's outputs on `batch`, on the student's `device`: read from its cache when it has one,
-    else computed where the teacher sits, in inference mode."""
+    else computed where the teacher sits, in inference mode (or, with `dropout`, in train mode without
+    gradients, as the study's code runs it)."""
     outputs = []
     for i, teacher in enumerate(teachers):
         cache = caches[i] if caches else None
@@ -268,8 +274,9 @@ def _teacher_outputs(teachers: Sequence[nn.Module], caches: Sequence[TeacherCach
             out = cache.outputs(batch["index"], device)
         else:
             where = next(teacher.parameters()).device
-            with autocast(precision, where):
-                out = run_frozen(teacher, to_device(batch[teacher_view(i)], where), needs).to(device)
+            with autocast(precision, where), torch.no_grad():
+                forward = run if dropout else run_frozen
+                out = forward(teacher, to_device(batch[teacher_view(i)], where), needs).to(device)
         if align_view(i) in batch:
             out = align_to(out, batch[align_view(i)]["teacher_index"], batch[align_view(i)]["attention_mask"])
         outputs.append(out)
@@ -333,8 +340,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     trainee, optimizer = accelerator.prepare(trainee, optimizer)  # not the scheduler: it counts global batches
     model = accelerator.unwrap_model(trainee)
     where = teacher_device(cfg.teacher_device, device)
-    for teacher in teachers:  # frozen, in inference mode, never wrapped by DDP
-        teacher.to(where).eval()
+    for teacher in teachers:  # frozen, in inference mode (unless teacher_dropout), never wrapped by DDP
+        teacher.to(where).train(cfg.teacher_dropout)
         teacher.requires_grad_(False)
     weights = normalized_weights(teacher_weights, len(teachers))
     check_teachers(method, len(teachers))
@@ -374,7 +381,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                                                   collate_fn=train.collate)
             for k, (batch, (_, weight)) in enumerate(zip(batches, plan, strict=True)):
                 batch = to_device(batch, device)
-                targets = _teacher_outputs(teachers, teacher_caches, needs, batch, t_precision, device) if needs else []
+                targets = _teacher_outputs(teachers, teacher_caches, needs, batch, t_precision, device,
+                                           cfg.teacher_dropout) if needs else []
                 step = k % cfg.grad_accum == cfg.grad_accum - 1  # the last micro-batch: synchronise, then step
                 with nullcontext() if step else accelerator.no_sync(trainee):
                     with accelerator.autocast():

@@ -9,7 +9,9 @@ Two deliberate differences from the study's code, neither of which changes the p
 
 - Padding does not leak: the GRU reads packed sequences, so the forward state is taken at the last *real*
   token (the study's GRU runs over the pads and pools at the last *padded* position). A sequence gets the
-  same logits alone or padded in a batch.
+  same logits alone or padded in a batch. ``run_over_pads=True`` (config; ``--gru-over-pads``, part of
+  ``--study-compat``) restores the study's behaviour: no packing, the GRU reads every position and the
+  forward state is the one after the last pad.
 - The stack is built from single-layer ``nn.GRU`` modules (as the study's CKD variant does) rather than
   one multi-layer ``nn.GRU``, so that every layer's outputs and final states are available for
   feature-based distillation (PKD uses the final states, CKD the per-token outputs).
@@ -53,6 +55,7 @@ class BiGRUConfig(PretrainedConfig):
     layer_norm_eps: float = 1e-5
     classifier_dropout: float | None = None
     initializer_range: float = 0.02
+    run_over_pads: bool = False  # the study's code: no packing, pooled at the last (padded) position
 
 
 @dataclass
@@ -155,18 +158,19 @@ class BiGRUForSequenceClassification(PreTrainedModel):
             return_dict = self.config.return_dict
         if attention_mask is None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
-        lengths = attention_mask.sum(dim=1).cpu()
-
-        packed = pack_padded_sequence(
-            self.embeddings(input_ids, token_type_ids), lengths, batch_first=True, enforce_sorted=False
-        )
+        embedded = self.embeddings(input_ids, token_type_ids)
+        if self.config.run_over_pads:
+            packed = embedded
+        else:
+            lengths = attention_mask.sum(dim=1).cpu()
+            packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
         hidden_states, final_states = [], []
         for gru in self.layers:
             packed, h_n = gru(packed)
             final_states.append(torch.cat([h_n[0], h_n[1]], dim=-1))
             if output_hidden_states:
-                padded, _ = pad_packed_sequence(packed, batch_first=True, total_length=input_ids.shape[1])
-                hidden_states.append(padded)
+                hidden_states.append(packed if self.config.run_over_pads else pad_packed_sequence(
+                    packed, batch_first=True, total_length=input_ids.shape[1])[0])
 
         # The last layer's final states are exactly the study's pooling: forward state at the last (real)
         # token ‖ backward state at the first token.
