@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from codekd.data import DataError, Example, get_task, normalize_code
 from codekd.data.readers import InvalidRecord, record_code
-from codekd.data.text import json_line, open_binary, raw_lines, read_text
+from codekd.data.text import decode_text, open_binary, parse_json, raw_lines, read_text
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
@@ -98,8 +98,9 @@ def read_jsonl(f: IO[bytes], name: str, pair: bool, whitespace: str) -> Iterator
     """
     for n, raw in raw_lines(f):
         try:
-            rec = json_line(raw, name, n)
-            if rec is not None:
+            text = decode_text(raw, name, n, first=n == 1)
+            if text.strip():
+                rec = parse_json(text, name, n)
                 example = _example(pair, rec, whitespace, f"{name}:{n}")
                 yield {"line": n, **({"id": rec["id"]} if "id" in rec else {})}, example
         except InvalidRecord as e:

@@ -14,7 +14,7 @@ from codekd.encoding import EncodedData, InputSpec, encode_view
 from codekd.models import build_student, custom_spec
 from codekd.models.teacher import load_model_dir
 from codekd.pipeline import distill
-from codekd.predict import Predictor, predict_command
+from codekd.predict import CHUNK_BATCHES, Predictor, predict_command
 from codekd.train import TrainConfig, predict
 
 SPECS = {"roberta": custom_spec("roberta", 400, 16, 2, 2, 32), "gru": custom_spec("gru", 400, 16, 2)}
@@ -142,3 +142,66 @@ def test_refusals(student, tmp_path):
         Predictor.from_pretrained(student)(["def f(): pass", ""])
     with pytest.raises(FileNotFoundError, match="neither model.onnx"):
         Predictor.from_pretrained(tmp_path)
+
+
+# --- issue 15: bad bytes, exact skipping, line numbers, streaming ------------------------------------------
+
+GOOD = json.dumps({"func": "def f():\n    raise __HOLE__"}).encode()
+BAD_BYTES = {5: b'{"func": "def f(): \xff"}', 8: b'{"func": "\\ud800"}',
+             10: b'{"func": "x", "n": ' + b"9" * 5000 + b"}", 11: b"[" * 200_000}
+
+
+def _payload(n: int = 12) -> bytes:
+    lines = [BAD_BYTES.get(i, json.dumps({"func": f"def f{i}():\n    raise __HOLE__", "id": f"f{i}"}).encode()
+                           if i % 3 == 0 else GOOD) for i in range(1, n + 1)]
+    return b"\n".join(lines) + b"\n"
+
+
+def test_skip_bad_skips_exactly_the_bad_lines_and_keeps_line_numbers(student, tmp_path):
+    """Before: an invalid byte on stdin ended the input there (the good lines after it were dropped, exit 0);
+    a lone surrogate crashed the tokenizer; a 5000-digit number was not skipped; outputs had no line numbers."""
+    res = _cli("--model", str(student), "--skip-bad", "--batch-size", "2", input=_payload())
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [o["line"] for o in out] == [1, 2, 3, 4, 6, 7, 9, 12]
+    assert [o.get("id") for o in out] == [None, None, "f3", None, "f6", None, "f9", "f12"]
+    reports = res.stderr.splitlines()
+    assert [r.split(":")[1] for r in reports] == ["5", "8", "10", "11"]
+    whats = ("not UTF-8", "lone surrogate", "number too long", "nested too deep")
+    for report, what in zip(reports, whats, strict=True):
+        assert report.startswith("skipped <stdin>:") and what in report and len(report) < 300
+
+
+def test_a_bad_file_prints_nothing_and_stdin_stops_at_its_bad_line(student, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_payload())
+    res = _cli("--model", str(student), "--input", str(path))
+    assert isinstance(res.exception, DataError) and res.stdout == ""  # the whole file is checked first
+    assert str(res.exception).startswith(f"{path}:5: not UTF-8 text")
+    res = _cli("--model", str(student), "--batch-size", "1", input=_payload())
+    assert str(res.exception).startswith("<stdin>:5: not UTF-8 text")
+    assert [json.loads(line)["line"] for line in res.stdout.splitlines()] == [1, 2, 3, 4]
+    (tmp_path / "a.py").write_bytes(b"def f():\n    raise __HOLE__\n")
+    (tmp_path / "b.py").write_bytes(b"\xef\xbb\xbfdef g():\r\n    raise __HOLE__\r\n")  # a BOM and CRLF: fine
+    (tmp_path / "c.py").write_bytes(b"def h():\n    x = '\xe9'\n")
+    res = _cli("--model", str(student), "--skip-bad", *(str(tmp_path / n) for n in ("a.py", "b.py", "c.py")))
+    files = [json.loads(line)["file"] for line in res.stdout.splitlines()]
+    assert files == [str(tmp_path / n) for n in ("a.py", "b.py")]
+    assert res.stderr.startswith(f"skipped {tmp_path / 'c.py'}:2: not UTF-8 text: byte 0xe9")
+
+
+def test_predict_streams_with_bounded_reading(student, monkeypatch, capsys):
+    """Each chunk's predictions are printed before the rest of the input is read (no timing involved: the input
+    fails after 3 chunks' lines, and by then those 3 chunks' results must be out)."""
+    chunk = 2 * CHUNK_BATCHES
+
+    def lines():
+        for _ in range(3 * chunk):
+            yield GOOD + b"\n"
+        raise RuntimeError("input cut")
+
+    monkeypatch.setattr("sys.stdin", type("Stdin", (), {"buffer": lines()})())
+    with pytest.raises(RuntimeError, match="input cut"):
+        predict_command(model=student, files=None, task=None, input_=None, top_k=3, batch_size=2, skip_bad=False,
+                        trust_remote_code=False)
+    assert [json.loads(line)["line"] for line in capsys.readouterr().out.splitlines()] == list(range(1, 3 * chunk + 1))

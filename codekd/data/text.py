@@ -152,12 +152,6 @@ def _deep_line(text: str) -> int:
     return line
 
 
-def json_line(raw: bytes, where: str | Path, n: int) -> Any | None:
-    """One JSONL line (line `n` of `where`) parsed; None for a blank line."""
-    text = decode_text(raw, where, n, first=n == 1)
-    return parse_json(text, where, n) if text.strip() else None
-
-
 def open_binary(path: Path) -> IO[bytes]:
     """`path` opened for reading bytes; a `DataError` when it is not a readable regular file."""
     if not regular_file(path):

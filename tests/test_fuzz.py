@@ -1,0 +1,129 @@
+"""Fuzzing every reader of user files (issue 15): the four data layouts, `results.jsonl` and `predict`'s input,
+each over seeded random mutations of valid files — truncation, byte flips, a BOM, CRLF line ends, UTF-16,
+invalid UTF-8, NUL bytes, lone surrogate escapes, deep nesting, huge numbers, repeated and dropped lines.
+
+Each mutated file must be accepted, or refused with a `DataError` naming a file of the input and (except for
+whole-file problems, such as an empty split) its line: never another exception. Readers run in-process."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from codekd.data import DataError, load_splits
+from codekd.predict import read_jsonl
+from codekd.study import read_results
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+LAYOUTS = {"study_defect": "defect", "cubert": "exception", "devign": "defect", "bigclonebench": "clone"}
+PER_READER = 100  # 6 readers: 600 mutated inputs
+WHOLE_FILE = ("split has no records", "missing", "expected a JSON array", "does not exist")
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    """`data` with one to three random mutations."""
+    for _ in range(rng.randint(1, 3)):
+        lines = data.split(b"\n")
+        i = rng.randrange(len(lines))
+        kind = rng.randrange(12)
+        if kind == 0 and data:
+            data = data[: rng.randrange(len(data))]  # truncated
+        elif kind == 1 and data:
+            pos = rng.randrange(len(data))
+            data = data[:pos] + bytes([rng.randrange(256)]) + data[pos + 1:]  # a byte changed
+        elif kind == 2:
+            data = b"\xef\xbb\xbf" + data
+        elif kind == 3:
+            data = data.replace(b"\n", b"\r\n")
+        elif kind == 4:
+            data = data.decode("utf-8", "replace").encode("utf-16")
+        elif kind == 5:
+            lines[i] = lines[i][: len(lines[i]) // 2] + rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\0"]) \
+                + lines[i][len(lines[i]) // 2:]
+        elif kind == 6:
+            lines[i] = lines[i].replace(b'": "', b'": "\\ud800', 1) if rng.random() < 0.8 else b'"\\udfff"'
+        elif kind == 7:
+            depth = rng.choice([999, 5_000, 200_000])
+            lines[i] = b"[" * depth + b"]" * depth * rng.randint(0, 1)
+        elif kind == 8:
+            digits = b"7" * rng.choice([20, 4_000, 5_000])
+            lines[i] = lines[i].replace(b"0", digits, 1).replace(b"1", digits, 1) if lines[i] else digits
+        elif kind == 9:
+            lines.insert(i, lines[i])  # a repeated line
+        elif kind == 10:
+            del lines[i]
+        else:
+            lines[i] = json.dumps(rng.choice([None, 3, "x", [1], {"func": 1}, {"func": "", "target": 0}])).encode()
+        if kind >= 5:
+            data = b"\n".join(lines)
+    return data
+
+
+def _check_refusal(err: DataError, root: Path) -> None:
+    assert err.path == root or root in err.path.parents, err
+    assert str(err).startswith(f"{err.path}:"), err
+    assert err.line is not None or any(w in err.what for w in WHOLE_FILE), err
+    assert len(str(err)) < 1000 and "\n" not in err.what, err
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file())
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_data_readers_accept_or_refuse_with_path_and_line(layout, tmp_path):
+    rng = random.Random(f"data-{layout}")
+    outcomes = {"accepted": 0, "refused": 0}
+    for k in range(PER_READER):
+        root = tmp_path / str(k)
+        shutil.copytree(FIXTURES / layout, root)
+        victim = rng.choice(_files(root))
+        victim.write_bytes(_mutate(victim.read_bytes(), rng))
+        try:
+            load_splits(LAYOUTS[layout], root)
+            outcomes["accepted"] += 1
+        except DataError as e:
+            _check_refusal(e, root)
+            outcomes["refused"] += 1
+    assert outcomes["accepted"] > 0 and outcomes["refused"] > PER_READER // 2, outcomes
+
+
+def _record(i: int) -> bytes:
+    return json.dumps({"key": f"k{i}", "cell": f"exception.t.s.ft.s{i}", "kind": "student",
+                       "metrics": {"accuracy": 0.5, "n": 10}, "seed": i}).encode()
+
+
+def test_results_reader_accepts_or_refuses_with_path_and_line(tmp_path):
+    rng = random.Random("results")
+    refused = 0
+    for k in range(PER_READER):
+        root = tmp_path / str(k)
+        root.mkdir()
+        (root / "results.jsonl").write_bytes(_mutate(b"\n".join(_record(i) for i in range(4)) + b"\n", rng))
+        try:
+            read_results(root)
+        except DataError as e:
+            _check_refusal(e, root)
+            refused += 1
+    assert 0 < refused < PER_READER
+
+
+@pytest.mark.parametrize("task, pair", [("exception", False), ("clone", True)])
+def test_predict_input_reader_sees_every_line(task, pair, tmp_path):
+    """Every line is its own input or its own refusal: a bad one never hides the lines after it."""
+    rng = random.Random(f"predict-{task}")
+    base = FIXTURES / ("study_clone" if pair else "cubert") / "train.jsonl"
+    for k in range(PER_READER // 2):
+        path = tmp_path / f"{k}.jsonl"
+        path.write_bytes(_mutate(base.read_bytes(), rng))
+        with path.open("rb") as f:
+            items = list(read_jsonl(f, str(path), pair, "collapse"))
+        lines = [item.line if isinstance(item, DataError) else item[0]["line"] for item in items]
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
+        assert lines == [n for n, text in enumerate(raw, 1) if text.decode("utf-8", "replace").strip()]
+        for item in items:
+            if isinstance(item, DataError):
+                _check_refusal(item, path.parent)
+                assert item.line is not None
