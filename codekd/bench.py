@@ -45,7 +45,7 @@ def inputs_from_data(model_dir: Path, data: str | Path, split: str = "test", tru
     """Token ids of the batch-1 input (median length) and of the batch-32 inputs (around the median)."""
     model_dir = Path(model_dir)
     tokenizer, spec = load_tokenizer(model_dir, trust_remote_code), InputSpec.load(model_dir)  # no weights needed here
-    items = encode(tokenizer, load_split(spec.task, data, split, whitespace="keep"), spec)
+    items = encode(tokenizer, load_split(spec.get_task(), data, split, whitespace="keep"), spec)
     if not items:
         raise ValueError(f"--data {data}: the {split} split is empty; latency needs real inputs")
     order = np.argsort([len(it["input_ids"]) for it in items], kind="stable")

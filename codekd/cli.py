@@ -30,6 +30,7 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 GLOBAL_BATCH = "global batch of one optimizer step: per-process batch × processes × --grad-accum"
 GRAD_ACCUM = "micro-batches each process accumulates per optimizer step"
 FORCE = "replace an existing --out (atomically, once the new output is complete)"
+TASK = "defect | clone | exception | a task file FILE.yaml"
 
 
 def _fail(message: str) -> None:
@@ -85,7 +86,7 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
 
 
 @app.command()
-def vocab(task: str = typer.Option(..., help="defect | clone | exception"),
+def vocab(task: str = typer.Option(..., help=TASK),
           data: Path = typer.Option(..., help="data directory (any supported layout)"),
           size: int = typer.Option(..., help="vocabulary size, e.g. 1000 2000 5000 20000 50000"),
           out: Path = typer.Option(..., help="output tokenizer directory"),
@@ -98,7 +99,7 @@ def vocab(task: str = typer.Option(..., help="defect | clone | exception"),
 
 
 @app.command()
-def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
+def teacher(task: str = typer.Option(..., help=TASK), data: Path = typer.Option(...),
             model: str = typer.Option(..., help="hub id or local directory of any HF encoder"),
             out: Path = typer.Option(...), epochs: int = typer.Option(5), lr: float = typer.Option(2e-5),
             batch_size: int = typer.Option(32, help=GLOBAL_BATCH), grad_accum: int = typer.Option(1, help=GRAD_ACCUM),
@@ -116,12 +117,12 @@ def teacher(task: str = typer.Option(...), data: Path = typer.Option(...),
                          "seed": seed, "precision": precision, "bucket": bucket})
     m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation,
                       trust_remote_code)
-    out_table = _metrics_table(f"teacher on {task}/test", [(str(model), m["model"])])
+    out_table = _metrics_table(f"teacher on {m['task']}/test", [(str(model), m["model"])])
     console.print(out_table)
 
 
 @app.command(context_settings=EXTRA)
-def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typer.Option(None),
+def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data: Path = typer.Option(None),
             teacher: list[Path] = typer.Option(None, help="fine-tuned teacher directory; repeat for multi-teacher KD"),
             teacher_weights: str = typer.Option(None, help="comma-separated weights of the teachers (default equal)"),
             student: str = typer.Option(None, help="preset name (codekd presets) or a custom shape in YAML, e.g. "
@@ -188,7 +189,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None), data: Path = typ
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))
-    console.print(_metrics_table(f"{merged['task']}/test", rows))
+    console.print(_metrics_table(f"{m['task']}/test", rows))
     if m["retention"] is not None:
         console.print(f"retention ({m['headline']}): {100 * m['retention']:.1f}%")
 
@@ -200,7 +201,8 @@ def _cache_options(enabled: bool, root: Path | None, dtype: str, budget_gb: floa
 
 
 @app.command("cache")
-def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directory"), task: str = typer.Option(...),
+def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directory"),
+              task: str = typer.Option(..., help=TASK),
               data: Path = typer.Option(...), split: str = typer.Option("train"),
               method: str = typer.Option("kd", help="cache what this method needs from the teacher"),
               cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
@@ -221,7 +223,8 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
 
 
 @app.command("evaluate")
-def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), model: Path = typer.Option(...),
+def evaluate_cmd(task: str = typer.Option(None, help=f"{TASK}; default: the model's own task"),
+                 data: Path = typer.Option(...), model: Path = typer.Option(...),
                  split: str = typer.Option("test"),
                  out: Path = typer.Option(None, help="JSON output (default MODEL/eval-SPLIT.json)"),
                  trust_remote_code: TrustRemoteCode = False, force: bool = typer.Option(False, help=FORCE)) -> None:
@@ -229,7 +232,7 @@ def evaluate_cmd(task: str = typer.Option(...), data: Path = typer.Option(...), 
     from codekd.pipeline import evaluate_model
 
     m = evaluate_model(task, data, model, split, out, trust_remote_code, force)
-    console.print(_metrics_table(f"{task}/{split}", [(str(model), m["metrics"])]))
+    console.print(_metrics_table(f"{m['task']}/{split}", [(str(model), m["metrics"])]))
 
 
 @app.command()
@@ -274,7 +277,7 @@ def study(config: Path = typer.Argument(..., help="study file (see configs/quick
 @app.command("bench-model")
 def bench_model(model: Path = typer.Argument(..., help="codekd model directory (teacher or student)"),
                 data: Path = typer.Option(..., help="task data: inputs are taken from its test split"),
-                task: str = typer.Option(None, help="checked against the model's task when given"),
+                task: str = typer.Option(None, help="checked against the model's task (a name or FILE.yaml)"),
                 runs: int = typer.Option(50, help="timed batch-1 forwards"),
                 warmup: int = typer.Option(10, help="untimed forwards first"),
                 device: str = typer.Option("cpu", help="cpu | cuda"),

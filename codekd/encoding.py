@@ -1,8 +1,9 @@
 """Turning examples into model inputs, the same way at training, evaluation and prediction time.
 
-Every model directory codekd writes carries `codekd.json` (an `InputSpec`): the task, the
-whitespace mode, the maximum length and whether UniXcoder's encoder-only prefix is used. Reading it
-back is what makes a saved model see exactly the inputs it was trained on.
+Every model directory codekd writes carries `codekd.json` (an `InputSpec`): the task (and its
+definition, so a custom task needs no task file later), the whitespace mode, the maximum length and
+whether UniXcoder's encoder-only prefix is used. Reading it back is what makes a saved model see
+exactly the inputs it was trained on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from codekd.data import Example, get_task, normalize_code
+from codekd.data import Example, Task, get_task, normalize_code
+from codekd.data.tasks import is_task_file, task_from_mapping
 from codekd.io import read_json, write_json
 from codekd.trust import from_pretrained
 
@@ -33,6 +35,11 @@ class InputSpec:
     unixcoder_prefix: bool = False
     truncation: str = "head"
     extra: dict[str, Any] = field(default_factory=dict)
+    task_def: dict[str, Any] | None = None  # the task's definition (task-file form); None: the built-in `task`
+
+    def get_task(self) -> Task:
+        """The task the model was trained for: its recorded definition, else the built-in task of that name."""
+        return get_task(self.task) if self.task_def is None else task_from_mapping(self.task_def, SPEC_FILE)
 
     def save(self, model_dir: str | Path) -> None:
         write_json(Path(model_dir) / SPEC_FILE, asdict(self))
@@ -43,6 +50,21 @@ class InputSpec:
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; {model_dir} was not written by codekd")
         return cls(**read_json(path))
+
+
+def model_task(spec: InputSpec, task: str | Path | Task | None, where: str) -> Task:
+    """The task a model was trained for; `task`, when given (a name or a task file), must be that task
+    (`where` starts the error: "--model DIR was").
+
+    A custom task's name alone is enough: its definition is recorded in the model directory."""
+    mine = spec.get_task()
+    if task is None or (not isinstance(task, Task) and not is_task_file(task) and str(task) == mine.name):
+        return mine
+    given = get_task(task)
+    if given != mine:
+        differs = "defined differently" if given.name == mine.name else f"not {given.name!r}"
+        raise ValueError(f"{where} trained for task {mine.name!r}, {differs}")
+    return mine
 
 
 def is_unixcoder(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -101,7 +123,7 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], s
     pair = bool(examples) and examples[0].code2 is not None
     second = [normalize_code(ex.code2, spec.whitespace) for ex in examples] if pair else None
     if spec.truncation == "focus":
-        marker = get_task(spec.task).focus
+        marker = spec.get_task().focus
         if marker is None or pair:
             raise ValueError(f"--truncation focus: task {spec.task!r} has no marker to centre the input on")
         first = [focus_window(tokenizer, text, marker, budget) for text in first]

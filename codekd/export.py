@@ -27,8 +27,8 @@ import torch
 import typer
 from torch import nn
 
-from codekd.data import Example, get_task, load_split
-from codekd.encoding import encode, pad_batch
+from codekd.data import Example, load_split
+from codekd.encoding import encode, model_task, pad_batch
 from codekd.io import atomic_dir, check_new_output, write_json
 from codekd.models.teacher import load_model_dir
 from codekd.predict import (
@@ -127,9 +127,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
         raise ValueError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
     check_new_output(out)
     model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
-    if task is not None and task != spec.task:
-        raise ValueError(f"--task {task}: the model at {model_dir} was trained for task {spec.task!r}")
-    t = get_task(spec.task)
+    t = model_task(spec, task, f"--task {task}: the model at {model_dir} was")
     test = load_split(t, data, "test", whitespace=spec.whitespace) if data is not None else []
     check = test[:CHECK_EXAMPLES] + synthetic_examples(t.pair)
     reference = Predictor(torch_forward(model.eval()), tokenizer, spec)

@@ -31,13 +31,15 @@ from transformers.utils import logging as hf_logging
 from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_root, key_inputs, key_of
 from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
-from codekd.device import process_state, teacher_device, teacher_precision
+from codekd.data.tasks import task_record
+from codekd.device import process_state, teacher_precision
 from codekd.encoding import (
     EncodedData,
     InputSpec,
     align_by_offsets,
     encode_view,
     load_tokenizer,
+    model_task,
     resolve_unixcoder_prefix,
     token_spans,
 )
@@ -49,14 +51,15 @@ from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_i
 from codekd.train import (
     TrainConfig,
     align_view,
+    check_config,
     check_teachers,
     console,
     evaluate,
     fit,
-    micro_batch_size,
     normalized_weights,
     teacher_view,
 )
+from codekd.trainlog import LOG_FILE, TENSORBOARD_DIR
 from codekd.trust import from_pretrained
 from codekd.vocab import save_vocab, train_vocab, training_texts
 
@@ -76,7 +79,7 @@ def environment() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def make_vocab(task: str, data: str | Path, size: int, out: str | Path, max_length: int = 512,
+def make_vocab(task: str | Path | Task, data: str | Path, size: int, out: str | Path, max_length: int = 512,
                whitespace: str = "collapse") -> Path:
     """Train a student BPE vocabulary of `size` tokens on the task's training code (as the students see it).
 
@@ -154,11 +157,11 @@ def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequen
     return cache
 
 
-def load_for_task(path: str | Path, task: str, option: str, trust_remote_code: bool = False) -> ModelDir:
+def load_for_task(path: str | Path, task: str | Path | Task | None, option: str,
+                  trust_remote_code: bool = False) -> ModelDir:
     """A codekd model directory, refused (naming `option`) when it was trained for another task."""
     loaded = ModelDir(*load_model_dir(path, trust_remote_code), Path(path))
-    if loaded.spec.task != task:
-        raise ValueError(f"{option} {path}: trained for task {loaded.spec.task!r}, not {task!r}")
+    model_task(loaded.spec, task, f"{option} {path}:")
     return loaded
 
 
@@ -174,9 +177,8 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
     method = get_method(method_name)(shape_of(model), shape_of(teachers[0].model) if teachers else None, **hparams)
     check_teachers(method, len(teachers))
+    check_config(cfg, task, len(teachers))
     state = process_state()
-    micro_batch_size(cfg, state.num_processes)
-    teacher_device(cfg.teacher_device, state.device)
     weights = normalized_weights(teacher_weights, len(teachers))
     prepare(model, method.student_needs)
     for t in teachers:
@@ -212,7 +214,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         "task": task.name, "split": "test", "headline": task.headline, "method": method_name,
         "model": evaluate(best, test, task, batch_size=cfg.eval_batch_size), "teacher": None, "retention": None,
         "parameters": count_parameters(best), "size_mb": size_mb(work / "best"),
-        "best_epoch": result.best_epoch, "history": result.history,
+        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "history": result.history,
         "train_seconds": sum(h["seconds"] for h in result.history)}
     if teachers:
         metrics["teachers"] = [
@@ -227,6 +229,9 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         with atomic_dir(out) as tmp:
             for f in (work / "best").iterdir():
                 shutil.copy2(f, tmp / f.name)
+            shutil.copy2(work / LOG_FILE, tmp / LOG_FILE)
+            if (work / TENSORBOARD_DIR).is_dir():
+                shutil.copytree(work / TENSORBOARD_DIR, tmp / TENSORBOARD_DIR)
             write_json(tmp / METRICS, metrics)
             (tmp / RUN_CONFIG).write_text(yaml.safe_dump(
                 {"config": config, "train": asdict(cfg), "hparams": method.hp,
@@ -236,21 +241,21 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     return metrics
 
 
-def train_teacher(task: str, data: str | Path, model: str, out: str | Path, cfg: TrainConfig,
+def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, out: str | Path, cfg: TrainConfig,
                   max_length: int = 512, whitespace: str = "collapse", unixcoder_prefix: str = "auto",
                   resume: bool = False, truncation: str = "head", trust_remote_code: bool = False) -> dict[str, Any]:
     """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning)."""
     t = get_task(task)
     out = Path(out)
-    config = {"command": "teacher", "task": task, "data": str(data), "model": model, "max_length": max_length,
+    config = {"command": "teacher", **task_record(t), "data": str(data), "model": str(model), "max_length": max_length,
               "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, "truncation": truncation,
               **asdict(cfg)}
     check_new_output(out)
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
-    net, tok = load_pretrained_encoder(model, t, trust_remote_code)
+    net, tok = load_pretrained_encoder(str(model), t, trust_remote_code)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
-    spec = InputSpec(task, max_input_length(tok, max_length), whitespace, prefix, truncation)
+    spec = InputSpec(t.name, max_input_length(tok, max_length), whitespace, prefix, truncation, task_def=t.to_dict())
     return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
 
 
@@ -266,8 +271,9 @@ def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -
     return replace(spec, vocab_size=vocab_size)
 
 
-def distill(task: str, data: str | Path, student: str | dict[str, Any] | StudentSpec, vocab: str | Path, method: str,
-            out: str | Path, cfg: TrainConfig, teacher: str | Path | Sequence[str | Path] | None = None,
+def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, Any] | StudentSpec,
+            vocab: str | Path, method: str, out: str | Path, cfg: TrainConfig,
+            teacher: str | Path | Sequence[str | Path] | None = None,
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
             align: str = "position", truncation: str = "head",
@@ -292,8 +298,9 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
         cfg, hparams = replace(cfg, **train_settings), {**hparams, **method_settings}
     if cfg.gru_over_pads and spec_s.kind != "gru":
         raise ValueError(f"--gru-over-pads needs a BiGRU student, not {spec_s.name or spec_s.kind!r}")
-    config = {"command": "distill", "task": task, "data": str(data), "student": asdict(spec_s), "vocab": str(vocab),
-              "method": method, "teachers": [str(t) for t in teachers], "teacher_weights": list(teacher_weights or []),
+    config = {"command": "distill", **task_record(t), "data": str(data), "student": asdict(spec_s),
+              "vocab": str(vocab), "method": method, "teachers": [str(t) for t in teachers],
+              "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
               "truncation": truncation, **asdict(cfg)}
     check_new_output(out)
@@ -301,20 +308,21 @@ def distill(task: str, data: str | Path, student: str | dict[str, Any] | Student
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
-    loaded = [load_for_task(path, task, "--teacher", trust_remote_code) for path in teachers]
+    loaded = [load_for_task(path, t, "--teacher", trust_remote_code) for path in teachers]
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
     if spec_s.kind == "gru":
         net.config.run_over_pads = cfg.gru_over_pads
     net.config.id2label = dict(enumerate(t.labels))
     net.config.label2id = {v: k for k, v in net.config.id2label.items()}
-    spec = InputSpec(task, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
-                     extra={"student": spec_s.name, **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})})
+    spec = InputSpec(t.name, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
+                     extra={"student": spec_s.name, **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})},
+                     task_def=t.to_dict())
     return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align,
                 CacheOptions() if cache is None else cache)
 
 
-def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str = "train",
+def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path, split: str = "train",
                   needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
                   precision: str = "auto", trust_remote_code: bool = False) -> TeacherCache | None:
     """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation.
@@ -326,29 +334,31 @@ def cache_teacher(teacher: str | Path, task: str, data: str | Path, split: str =
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     examples = load_split(t, data, split, whitespace="keep")
-    loaded = load_for_task(teacher, task, "--teacher", trust_remote_code)
+    loaded = load_for_task(teacher, t, "--teacher", trust_remote_code)
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
     precision = teacher_precision(precision, process_state().device)
-    return teacher_cache(loaded, teacher_view(0), encoded, needs, task, split, options, precision)
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, t.name, split, options, precision)
 
 
-def evaluate_model(task: str, data: str | Path, model_dir: str | Path, split: str = "test",
+def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: str | Path, split: str = "test",
                    out: str | Path | None = None, trust_remote_code: bool = False, force: bool = False
                    ) -> dict[str, Any]:
     """Evaluate a codekd model directory on one split; write the metrics as JSON to `out` (refused if it exists,
-    unless `force`), by default to MODEL/eval-SPLIT.json (replaced: codekd's own record in the model directory)."""
+    unless `force`), by default to MODEL/eval-SPLIT.json (replaced: codekd's own record in the model directory).
+
+    `task` None is the model's own task (a custom task's definition is recorded in the directory)."""
     if out is not None:
         check_new_output(out, force)
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-    t = get_task(task)
     model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code)
+    t = spec.get_task()
     examples = load_split(t, data, split, whitespace="keep")
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)},
                         {"student": spec.max_length} if spec.extra.get("pad_to_max_length") else None)
-    metrics = {"task": task, "split": split, "model": str(model_dir), "data": str(data),
+    metrics = {"task": t.name, "split": split, "model": str(model_dir), "data": str(data),
                "metrics": evaluate(model, data_, t)}
     if process_state().is_main_process:
         write_json(Path(out) if out else Path(model_dir) / f"eval-{split}.json", metrics)

@@ -2,8 +2,8 @@
 
 Every input goes through `codekd.encoding.encode` with the `codekd.json` saved next to the model, so a
 prediction sees exactly the preprocessing the model was trained with (whitespace mode, truncation mode,
-maximum length, UniXcoder prefix). Input is JSONL with the task's field names (`func` or `function`;
-`func1` and `func2` for clone pairs; any label field is ignored) or raw source files, one function per
+maximum length, UniXcoder prefix). Input is JSONL with the task's input fields (built-ins: `func` or
+`function`; `func1` and `func2` for clone pairs; any label field is ignored) or raw source files, one function per
 file. A bad input line is a `DataError` naming `<input>:<line>`; `--skip-bad` reports them and predicts the
 rest, so a large batch job loses exactly its bad lines. The command streams: it reads, predicts and prints
 `CHUNK_BATCHES` batches at a time, so its memory does not grow with the input and the first results appear
@@ -29,10 +29,10 @@ import typer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from codekd.data import DataError, Example, get_task, normalize_code
-from codekd.data.readers import InvalidRecord, record_code
+from codekd.data import DataError, Example, Task, normalize_code
+from codekd.data.readers import InvalidRecord, record_inputs
 from codekd.data.text import decode_text, open_binary, parse_json, raw_lines, read_text
-from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, pad_batch
+from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, model_task, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import load_model_dir
 from codekd.trust import TrustRemoteCode
@@ -77,19 +77,13 @@ def onnx_forward(session: Any) -> Forward:
     return lambda batch: session.run(None, {name: batch[name].numpy() for name in names})[0]
 
 
-def _example(pair: bool, rec: Any, whitespace: str, source: str) -> Example:
+def _example(task: Task, rec: Any, whitespace: str, source: str) -> Example:
     """An unlabelled Example from one record, validated as the data readers do; raises `InvalidRecord`."""
-    if not isinstance(rec, dict):
-        raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
-    keys = ("func1", "func2") if pair else ("function",) if "function" in rec else ("func",)
-    for key in keys:
-        if key not in rec:
-            raise InvalidRecord(f"missing field {key!r}" + ("" if pair else " (or 'function')"))
-    codes = [record_code(rec, key, whitespace) for key in keys]
-    return Example(codes[0], UNLABELLED, codes[1] if pair else None, source)
+    codes = record_inputs(task, rec, whitespace)
+    return Example(codes[0], UNLABELLED, codes[1] if task.pair else None, source)
 
 
-def read_jsonl(f: IO[bytes], name: str, pair: bool, whitespace: str) -> Iterator[Input | DataError]:
+def read_jsonl(f: IO[bytes], name: str, task: Task, whitespace: str) -> Iterator[Input | DataError]:
     """Each JSONL line of the binary stream `f` (blank lines skipped) as `(key, Example)`, or a `DataError` for a
     bad line; `key` is `{"line": n}` (1-based), plus the record's `"id"` when it has one.
 
@@ -101,7 +95,7 @@ def read_jsonl(f: IO[bytes], name: str, pair: bool, whitespace: str) -> Iterator
             text = decode_text(raw, name, n, first=n == 1)
             if text.strip():
                 rec = parse_json(text, name, n)
-                example = _example(pair, rec, whitespace, f"{name}:{n}")
+                example = _example(task, rec, whitespace, f"{name}:{n}")
                 yield {"line": n, **({"id": rec["id"]} if "id" in rec else {})}, example
         except InvalidRecord as e:
             yield DataError(name, str(e), n)
@@ -133,7 +127,7 @@ class Predictor:
     def __init__(self, forward: Forward, tokenizer: PreTrainedTokenizerBase, spec: InputSpec,
                  batch_size: int = 32) -> None:
         self.forward, self.tokenizer, self.spec, self.batch_size = forward, tokenizer, spec, batch_size
-        self.task = get_task(spec.task)
+        self.task = spec.get_task()
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, batch_size: int = 32, threads: int | None = None,
@@ -190,9 +184,9 @@ class Predictor:
         for i, item in enumerate(inputs):
             if self.task.pair and not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"input item {i}: task {self.task.name!r} takes (code1, code2) pairs")
-            rec = {"func1": item[0], "func2": item[1]} if self.task.pair else {"func": item}
+            rec = dict(zip(self.task.inputs, item if self.task.pair else [item], strict=True))
             try:
-                examples.append(_example(self.task.pair, rec, self.spec.whitespace, f"item {i}"))
+                examples.append(_example(self.task, rec, self.spec.whitespace, f"item {i}"))
             except InvalidRecord as e:
                 raise ValueError(f"input item {i}: {e}") from None
         return self.predict(examples, top_k)
@@ -202,7 +196,7 @@ def predict_command(
     model: Annotated[Path, typer.Option(help="model directory: PyTorch checkpoint or ONNX export")],
     files: Annotated[list[Path] | None, typer.Argument(metavar="FILES", help="raw source files, one function each "
                                                            "(single-function tasks only)")] = None,
-    task: Annotated[str | None, typer.Option(help="must match the model's task, when given")] = None,
+    task: Annotated[str | None, typer.Option(help="must match the model's task (a name or FILE.yaml)")] = None,
     input_: Annotated[str | None, typer.Option("--input", help="JSONL file, or - for standard input "
                                                               "(the default without FILES)")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="classes to list per input (multi-class tasks)")] = 3,
@@ -215,21 +209,20 @@ def predict_command(
     if files and input_ is not None:
         raise ValueError("give either --input or raw source FILES, not both")
     predictor = Predictor.from_pretrained(model, batch_size, trust_remote_code=trust_remote_code)
-    if task is not None and task != predictor.spec.task:
-        raise ValueError(f"--task {task}: the model at {model} was trained for task {predictor.spec.task!r}")
-    pair, whitespace = predictor.task.pair, predictor.spec.whitespace
-    if files and pair:
-        raise ValueError(f"raw source files work for single-function tasks only; give {predictor.spec.task} pairs "
-                         "as JSONL lines with func1 and func2")
+    model_task(predictor.spec, task, f"--task {task}: the model at {model} was")
+    t, whitespace = predictor.task, predictor.spec.whitespace
+    if files and t.pair:
+        raise ValueError(f"raw source files work for single-function tasks only; give {t.name} pairs "
+                         f"as JSONL lines with {' and '.join(t.inputs)}")
 
     def inputs() -> Iterator[Input | DataError]:
         if files:
             yield from read_sources(files, whitespace)
         elif input_ in (None, "-"):
-            yield from read_jsonl(sys.stdin.buffer, "<stdin>", pair, whitespace)
+            yield from read_jsonl(sys.stdin.buffer, "<stdin>", t, whitespace)
         else:
             with open_binary(Path(input_)) as f:
-                yield from read_jsonl(f, input_, pair, whitespace)
+                yield from read_jsonl(f, input_, t, whitespace)
 
     if not skip_bad and (files or input_ not in (None, "-")):  # a file can be read twice: check it all first
         first_error = next((item for item in inputs() if isinstance(item, DataError)), None)

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from codekd.data import DataError, get_task, load_split
+from codekd.data import DataError, Task, load_split
 from codekd.data.readers import _NAMES
 from codekd.data.text import parse_json, shown, text_lines
 from codekd.io import atomic_dir, atomic_write_text, process_alive
@@ -147,8 +147,8 @@ def _vocab(study: Study, task: str, student: str) -> Path:
 
     size = study.common["vocab_size"] or get_preset(student).vocab_size
     path = study.under("vocab", f"{task}-{size}")
-    return _build_once(path, lambda: make_vocab(task, _data_for(study, task), size, path, study.common["max_length"],
-                                                study.common["whitespace"]))
+    return _build_once(path, lambda: make_vocab(study.tasks[task], _data_for(study, task), size, path,
+                                                study.common["max_length"], study.common["whitespace"]))
 
 
 def _teacher_dir(study: Study, cell: Cell) -> Path:
@@ -166,12 +166,12 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
 
     started = time.perf_counter()
     data = _data_for(study, cell.task)
-    c = study.common
+    c, task = study.common, study.tasks[cell.task]
     if cell.kind == "teacher":
         run_dir = _teacher_dir(study, cell)
         if not run_dir.exists():
             t = study.teachers[cell.teacher]
-            train_teacher(cell.task, data, _model_source(t["model"]), run_dir, TrainConfig(**cell.config["train"]),
+            train_teacher(task, data, _model_source(t["model"]), run_dir, TrainConfig(**cell.config["train"]),
                           c["max_length"], c["whitespace"], resume=True, truncation=c["truncation"])
     else:
         run_dir = study.under("runs", cell.dir_name)
@@ -182,7 +182,7 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
                 teacher = _teacher_dir(study, tcell)
                 if not teacher.exists():
                     _wait_for(teacher, f"teacher {cell.teacher} on {cell.task}")
-            distill(cell.task, data, cell.student, _vocab(study, cell.task, cell.student), cell.config["method"],
+            distill(task, data, cell.student, _vocab(study, cell.task, cell.student), cell.config["method"],
                     run_dir, TrainConfig(**cell.config["train"]), teacher=teacher, max_length=c["max_length"],
                     whitespace=c["whitespace"], hparams=cell.config["hparams"], resume=True,
                     align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]))
@@ -190,10 +190,10 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     if cell.kind == "teacher":  # a `dir:` teacher was tested on its own data: test it on this study's split
         out = study.under("evals", f"{cell.dir_name}.json")
         out.parent.mkdir(exist_ok=True)
-        m["model"] = evaluate_model(cell.task, data, run_dir, out=out, force=True)["metrics"]
+        m["model"] = evaluate_model(task, data, run_dir, out=out, force=True)["metrics"]
     eff = measure_efficiency(run_dir, data, **study.efficiency)
     return {"kind": cell.kind, "cell": cell.name, "key": cell.key, "task": cell.task,
-            "headline": get_task(cell.task).headline, "teacher": cell.teacher, "student": cell.student,
+            "headline": task.headline, "teacher": cell.teacher, "student": cell.student,
             "method": cell.method, "seed": cell.seed, "metrics": m["model"], "teacher_metrics": m["teacher"],
             "retention": m["retention"],
             "parameters": m["parameters"], "size_mb": m["size_mb"], "efficiency": eff,
@@ -212,7 +212,7 @@ def _model_source(model: str) -> str:
 
 
 @functools.cache
-def _split_size(task: str, data: Path, split: str) -> int:
+def _split_size(task: Task, data: Path, split: str) -> int:
     return len(load_split(task, data, split, whitespace="keep"))
 
 
@@ -256,13 +256,14 @@ def estimate_seconds(study: Study, cell: Cell, gflops: float) -> float | None:
     The parameter counts and split sizes are computed once per study listing, not once per cell."""
     tokens = study.common["max_length"]
     train = {**asdict(TrainConfig()), **cell.config["train"]}
-    n = study.common["limit"][cell.task].get("train") or _split_size(cell.task, study.data[cell.task], "train")
+    task = study.tasks[cell.task]
+    n = study.common["limit"][cell.task].get("train") or _split_size(task, study.data[cell.task], "train")
     if cell.kind == "teacher":
         if study.teachers[cell.teacher].get("dir"):
             return 0.0
         params = _teacher_params(study, cell)
         return None if params is None else 6 * params * tokens * n * train["epochs"] / (gflops * 1e9)
-    flops = 6 * _student_params(cell.student, len(get_task(cell.task).labels), tokens) * tokens * n * train["epochs"]
+    flops = 6 * _student_params(cell.student, len(task.labels), tokens) * tokens * n * train["epochs"]
     if cell.teacher:
         teacher = _teacher_params(study, study.teacher_cell(cell.task, cell.teacher))
         if teacher is None:

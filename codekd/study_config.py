@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
-from codekd.data import demo_data_dir, get_task
+from codekd.data import Task, demo_data_dir, get_task
+from codekd.data.tasks import task_record
 from codekd.methods import get_method
 from codekd.models import get_preset
-from codekd.train import train_options
+from codekd.train import TrainConfig, check_config, train_options
 
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
        "methods", "train", "efficiency", "cache", "vocab_size", "study_compat")
@@ -64,7 +65,8 @@ class Study:
     path: Path
     name: str
     out: Path
-    data: dict[str, Path]
+    data: dict[str, Path]  # task name -> data directory
+    tasks: dict[str, Task]  # task name -> its definition (built in, or from a task file)
     teachers: dict[str, dict[str, Any]]
     students: list[str]
     methods: dict[str, dict[str, Any]]
@@ -82,7 +84,8 @@ class Study:
 
     def _inputs(self, task: str) -> dict[str, Any]:
         """What every cell of `task` depends on: its data, its limits and the encoding options."""
-        return {"task": task, "data": str(self.data[task]), **self.common, "limit": self.common["limit"][task]}
+        return {**task_record(self.tasks[task]), "data": str(self.data[task]), **self.common,
+                "limit": self.common["limit"][task]}
 
     def teacher_cell(self, task: str, name: str) -> Cell:
         t = self.teachers[name]
@@ -156,16 +159,19 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
         if isinstance(raw.get(key), dict | list):
             _check_names(path, key, raw[key])
     if not isinstance(raw["data"], dict):
-        _fail(path, "data", "expected a mapping of task name to data directory")
-    data = {}
-    for task, value in raw["data"].items():
+        _fail(path, "data", "expected a mapping of task (a name or a task file FILE.yaml) to data directory")
+    data, tasks = {}, {}
+    for key, value in raw["data"].items():
         try:
-            get_task(task)
+            task = get_task(key)
         except ValueError as e:
-            _fail(path, f"data.{task}", str(e))
-        data[task] = resolve_data(str(value))
-        if not data[task].is_dir():
-            _fail(path, f"data.{task}", f"{data[task]} is not a directory")
+            _fail(path, f"data.{key}", str(e))
+        if task.name in tasks:
+            _fail(path, f"data.{key}", f"a second task named {task.name!r}")
+        tasks[task.name] = task
+        data[task.name] = resolve_data(str(value))
+        if not data[task.name].is_dir():
+            _fail(path, f"data.{key}", f"{data[task.name]} is not a directory")
     for student in raw["students"]:
         try:
             get_preset(student)
@@ -198,10 +204,18 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
               "truncation": raw.get("truncation", "head"), "whitespace": raw.get("whitespace", "collapse"),
               "vocab_size": raw.get("vocab_size"), "cache": bool(raw.get("cache", True))}
     seeds = [int(s) for s in raw["seeds"]]
+    train = _train_options(path, "train", {**({"study_compat": raw["study_compat"]} if "study_compat" in raw else {}),
+                                           **(raw.get("train") or {})})
+    runs = [("train", train), *((f"methods.{m}.train", {**train, **o["train"]}) for m, o in methods.items()),
+            *((f"teachers.{n}.train", t["train"]) for n, t in teachers.items())]
+    for where, opts in runs:  # every option's value, checked before any cell runs
+        for task in tasks.values():
+            try:
+                check_config(TrainConfig(**opts), task)
+            except ValueError as e:
+                _fail(path, where, str(e))
     return Study(path, str(raw["name"]), Path(out or raw.get("out") or Path("studies") / str(raw["name"])), data,
-                 teachers, list(raw["students"]), methods, seeds, common, efficiency,
-                 _train_options(path, "train", {**({"study_compat": raw["study_compat"]} if "study_compat" in raw
-                                                   else {}), **(raw.get("train") or {})}))
+                 tasks, teachers, list(raw["students"]), methods, seeds, common, efficiency, train)
 
 
 def _limits(path: Path, raw: Any, tasks: dict[str, Path]) -> dict[str, dict[str, int]]:

@@ -28,18 +28,32 @@ from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
 
 from codekd.cache import TeacherCache
 from codekd.data import Task
-from codekd.device import autocast, make_accelerator, process_state, teacher_device, teacher_precision, to_device
+from codekd.device import (
+    PRECISIONS,
+    autocast,
+    check_precision,
+    make_accelerator,
+    process_state,
+    teacher_device,
+    teacher_precision,
+    to_device,
+)
 from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_file, is_main_process, write_json
 from codekd.methods import Method
 from codekd.models.adapters import Outputs, align_to, run, run_frozen, unwrap
+from codekd.trainlog import REPORT_TO, TrainLog, tensorboard_writer_class
 
 console = Console(stderr=True, quiet=not is_main_process())
 CHECKPOINT = "checkpoint.pt"
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # transformers.get_scheduler's names
+# parameters that get no weight decay: biases and normalisation weights (Hugging Face Trainer's rule)
+NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 @dataclass
@@ -63,6 +77,11 @@ class TrainConfig:
     pad_to_max_length: bool = False  # pad every batch to max_length (the study's padding='max_length')
     gru_over_pads: bool = False  # BiGRU students run over pad positions and pool at the last one (the study's)
     study_compat: bool = False  # all of the study's quirks for the method and student kind (codekd.compat)
+    lr_scheduler_type: str = "linear"  # HF's names: linear | cosine | constant | constant_with_warmup
+    early_stopping_patience: int = 0  # stop after this many epochs without a better validation score; 0: never
+    metric_for_best_model: str = ""  # the validation metric that picks the best epoch; "": the task's headline
+    logging_steps: int = 50  # a training-loss row in log.csv every this many optimizer steps; 0: per epoch only
+    report_to: str = "csv"  # log.csv is always written; tensorboard adds TensorBoard event files
 
 
 def train_options(opts: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -113,6 +132,52 @@ def _stop_non_finite(accelerator: Accelerator, losses: dict[str, Tensor], epoch:
         f"non-finite loss at epoch {epoch}, optimizer step {step}: "
         f"{', '.join(f'{k}={v:.6g}' for k, v in parts.items())}; training stopped, {work_dir} keeps {after} "
         f"(--resume continues from it)")
+def best_metric(cfg: TrainConfig, task: Task) -> str:
+    """The validation metric that picks the best epoch (HF's `eval_` prefix is accepted)."""
+    name = cfg.metric_for_best_model.removeprefix("eval_") or task.headline
+    if name not in task.metric_names():
+        raise ValueError(f"--metric-for-best-model {cfg.metric_for_best_model!r}: task {task.name!r} reports "
+                         f"{', '.join(task.metric_names())}")
+    return name
+
+
+def check_config(cfg: TrainConfig, task: Task, teachers: int = 0) -> None:
+    """Every option of `cfg`, checked against `task` and this machine before a run creates anything."""
+    bad = [(k, v) for k, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size),
+                               ("eval_batch_size", cfg.eval_batch_size)) if v < 1]
+    bad += [(k, v) for k, v in (("weight_decay", cfg.weight_decay), ("max_grad_norm", cfg.max_grad_norm),
+                                ("logging_steps", cfg.logging_steps),
+                                ("early_stopping_patience", cfg.early_stopping_patience)) if v < 0]
+    bad += [("lr", cfg.lr)] if not cfg.lr > 0 else []
+    bad += [("warmup_ratio", cfg.warmup_ratio)] if not 0 <= cfg.warmup_ratio <= 1 else []
+    if bad:
+        key, value = bad[0]
+        raise ValueError(f"--{key.replace('_', '-')} {value}: out of range")
+    for key, value, allowed in (("lr_scheduler_type", cfg.lr_scheduler_type, SCHEDULERS),
+                                ("report_to", cfg.report_to, REPORT_TO),
+                                ("teacher_precision", cfg.teacher_precision, ("auto", *PRECISIONS))):
+        if value not in allowed:
+            raise ValueError(f"--{key.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+    if cfg.report_to == "tensorboard":
+        tensorboard_writer_class()
+    best_metric(cfg, task)
+    check_precision(cfg.precision)
+    state = process_state()
+    micro_batch_size(cfg, state.num_processes)
+    where = teacher_device(cfg.teacher_device, state.device)
+    if teachers:
+        teacher_precision(cfg.teacher_precision, where)
+
+
+def _optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (eps 1e-8); with weight decay, biases and normalisation weights are not decayed (as in HF Trainer)."""
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for _, p in params]}]
+    if cfg.weight_decay:
+        decay = set(get_parameter_names(module, [nn.LayerNorm], NO_DECAY))
+        groups = [{"params": [p for n, p in params if n in decay], "weight_decay": cfg.weight_decay},
+                  {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -120,6 +185,7 @@ class FitResult:
     best_score: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False  # `early_stopping_patience` epochs passed without a better validation score
 
 
 def teacher_view(i: int) -> str:
@@ -320,10 +386,13 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     One optimizer step per global batch of `cfg.batch_size` examples, whatever the number of processes:
     each process accumulates `cfg.grad_accum` micro-batches of it (`micro_batches`).
 
-    `save_best` is called (on the main process) with the student whenever the validation headline metric
-    improves. With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if
+    `save_best` is called (on the main process) with the student whenever the validation metric
+    (`cfg.metric_for_best_model`, default the task's headline) improves; with `cfg.early_stopping_patience`
+    training stops after that many epochs without improvement.
+    With `resume`, training continues from `work_dir/checkpoint.pt` (if present) exactly as if
     it had never stopped: model, method, optimiser, schedule and every process's random state are restored.
     """
+    check_config(cfg, task, len(teachers))
     work_dir = Path(work_dir)
     accelerator = make_accelerator(cfg.precision)
     processes, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -332,11 +401,10 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
     micro = micro_batch_size(cfg, processes)
     set_seed(cfg.seed, device_specific=True)  # each process its own dropout; process 0 as a lone process
     trainee = Trainee(student, method)
-    optimizer = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(trainee, cfg)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, int(cfg.warmup_ratio * total), total)
     trainee, optimizer = accelerator.prepare(trainee, optimizer)  # not the scheduler: it counts global batches
     model = accelerator.unwrap_model(trainee)
     where = teacher_device(cfg.teacher_device, device)
@@ -352,7 +420,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                       f"step(s) × {micro} examples")
 
     result = FitResult(best_score=-float("inf"), best_epoch=0)
-    start_epoch = 1
+    start_epoch, log_rows, metric = 1, [], best_metric(cfg, task)
     ckpt_path = work_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -363,18 +431,23 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
         if rank < len(state["rng"]):  # one state per process that wrote it; a new process keeps its seed
             _set_rng_state(state["rng"][rank])
         result = FitResult(state["best_score"], state["best_epoch"], state["history"])
-        start_epoch = state["epoch"] + 1
+        start_epoch, log_rows = state["epoch"] + 1, state.get("log", [])
         console.print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
                         disable=not accelerator.is_main_process)
+    log = TrainLog(work_dir, task.metric_names(), cfg.report_to, log_rows, accelerator.is_main_process)
     with progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
+            if cfg.early_stopping_patience and epoch - 1 - result.best_epoch >= cfg.early_stopping_patience:
+                result.stopped_early = True
+                console.print(f"early stopping: no better valid {metric} in {cfg.early_stopping_patience} epoch(s)")
+                break
             bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
             trainee.train()
             model.method.set_epoch(epoch)
-            started, seen, loss_sum = time.perf_counter(), 0, 0.0
+            started, seen, loss_sum, since = time.perf_counter(), 0, 0.0, [0.0, 0]
             order = batch_order(train.lengths(), cfg.batch_size, cfg.seed, epoch, shuffle=True, bucket=cfg.bucket)
             plan = micro_batches(order, processes, rank, cfg.grad_accum)
             batches = torch.utils.data.DataLoader(train, batch_sampler=[ids for ids, _ in plan],
@@ -393,6 +466,7 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 examples = len(batch["labels"]) if weight else 0
                 seen += examples
                 loss_sum += losses["loss"].item() * examples
+                since = [since[0] + losses["loss"].item() * examples, since[1] + examples]
                 if not step:
                     continue
                 if cfg.max_grad_norm > 0:
@@ -401,6 +475,12 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 if not accelerator.optimizer_step_was_skipped:  # fp16: a step with inf/NaN gradients
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                done = (epoch - 1) * steps_per_epoch + (k + 1) // cfg.grad_accum
+                if cfg.logging_steps and done % cfg.logging_steps == 0:
+                    part = accelerator.reduce(torch.tensor(since, dtype=torch.float64, device=device), "sum")
+                    log.log({"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": part[0].item()
+                             / max(part[1].item(), 1), "learning_rate": scheduler.get_last_lr()[0]})
+                    since = [0.0, 0]
                 rate = seen * processes / (time.perf_counter() - started)
                 progress.update(bar, advance=1, info=f"loss {loss_sum / max(seen, 1):.4f}  {rate:.1f} ex/s")
             train_seconds = time.perf_counter() - started
@@ -409,18 +489,22 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
             record = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1),
                       "train_seconds": train_seconds, "seconds": time.perf_counter() - started, "valid": metrics}
             result.history.append(record)
-            score = metrics[task.headline]
+            log.log({"step": epoch * steps_per_epoch, "epoch": epoch, "learning_rate": scheduler.get_last_lr()[0],
+                     "train_loss": record["train_loss"], **{f"eval_{k}": v for k, v in metrics.items() if k != "n"}})
+            score = metrics[metric]
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch
                 if accelerator.is_main_process:
                     save_best(model.student)
-            console.print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid {task.headline} "
+            console.print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid {metric} "
                           f"{score:.4f} (best {result.best_score:.4f} @ {result.best_epoch})")
             rng = gather_object([_rng_state()])
             if accelerator.is_main_process:
                 _save_checkpoint(ckpt_path, {
                     "epoch": epoch, "student": model.student.state_dict(), "method": model.method.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                    "best_score": result.best_score, "best_epoch": result.best_epoch, "history": result.history})
+                    "best_score": result.best_score, "best_epoch": result.best_epoch, "history": result.history,
+                    "log": log.rows})
             accelerator.wait_for_everyone()  # the checkpoint and best/ are complete before anyone goes on
+    log.close()
     return result

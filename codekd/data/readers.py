@@ -4,11 +4,10 @@ The format is detected from the directory contents, in this order (the first tha
 
 1. JSONL records: a split file for any split, named `{name}.jsonl`, `{name}.jsontxt` or
    `{name}.jsontxt-*` shards (read in sorted order, as one file). One JSON object per line;
-   blank lines are skipped. Fields, per record:
-   - pair tasks (clone): `func1`, `func2`, `target`;
-   - otherwise CuBERT's `function`, `label` (`info` is ignored) when `function` is present,
-     else the study's / CodeXGLUE Devign's `func`, `target` (other fields are ignored).
-   A label is an int class index or a class name of the task.
+   blank lines are skipped. The fields are the task's (its task file's `input` and `label`, or
+   their `aliases`): the built-in `defect` and `exception` read the study's / CodeXGLUE Devign's
+   `func`, `target` or CuBERT's `function`, `label` (other fields such as `info` are ignored);
+   `clone` reads `func1`, `func2`, `target`. A label is an int class index or a class name of the task.
 2. CodeXGLUE Devign: `function.json` (one JSON array of `{"func", "target", ...}` objects) and
    `{split}.txt` index files, one integer index into the array per line.
 3. CodeXGLUE BigCloneBench: `data.jsonl` (`{"func", "idx"}` per line) and `{split}.txt` pair files,
@@ -63,10 +62,10 @@ def normalize_code(code: str, whitespace: str) -> str:
 
 
 def load_split(
-    task: Task | str, data_dir: str | Path, split: str, whitespace: str = "collapse"
+    task: Task | str | Path, data_dir: str | Path, split: str, whitespace: str = "collapse"
 ) -> list[Example]:
     """Read and validate one split ("train", "valid" or "test") of `task` from `data_dir`."""
-    task = get_task(task) if isinstance(task, str) else task
+    task = get_task(task)
     _check(split, SPLITS, "split")
     _check(whitespace, WHITESPACE, "whitespace mode")
     d = Path(data_dir)
@@ -88,7 +87,7 @@ def load_split(
 
 
 def load_splits(
-    task: Task | str, data_dir: str | Path, splits: Iterable[str] = SPLITS, whitespace: str = "collapse"
+    task: Task | str | Path, data_dir: str | Path, splits: Iterable[str] = SPLITS, whitespace: str = "collapse"
 ) -> dict[str, list[Example]]:
     """Read and validate all requested splits before returning, so a command fails before writing anything."""
     return {split: load_split(task, data_dir, split, whitespace) for split in splits}
@@ -140,21 +139,29 @@ def _label(task: Task, value: Any) -> int:
     )
 
 
-def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
-    """Turn one JSON record into an Example; raises InvalidRecord naming what is wrong."""
+def record_inputs(task: Task, rec: Any, whitespace: str) -> list[str]:
+    """The input code(s) of one JSON record, by the task's input fields (or their aliases); raises
+    InvalidRecord naming what is wrong."""
     if not isinstance(rec, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
-    if task.pair:
-        keys, label_key = ("func1", "func2"), "target"
-    elif "function" in rec:
-        keys, label_key = ("function",), "label"
-    else:
-        keys, label_key = ("func",), "target"
-    for key in (*keys, label_key):
-        if key not in rec:
-            raise InvalidRecord(f"missing field {key!r}")
-    codes = [record_code(rec, key, whitespace) for key in keys]
-    return Example(codes[0], _label(task, rec[label_key]), codes[1] if task.pair else None, source)
+    return [record_code(rec, _field(task, rec, key), whitespace) for key in task.inputs]
+
+
+def _field(task: Task, rec: dict[str, Any], field: str) -> str:
+    """The name `field` has in `rec`: itself or the first of its aliases that is present."""
+    names = task.field_names(field)
+    for name in names:
+        if name in rec:
+            return name
+    others = f" (or {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else ""
+    raise InvalidRecord(f"missing field {field!r}{others}")
+
+
+def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
+    """Turn one JSON record into an Example; raises InvalidRecord naming what is wrong."""
+    codes = record_inputs(task, rec, whitespace)
+    label = _label(task, rec[_field(task, rec, task.label_field)])
+    return Example(codes[0], label, codes[1] if task.pair else None, source)
 
 
 def _read_jsonl_split(task: Task, d: Path, split: str, whitespace: str) -> list[Example]:
