@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -31,6 +31,20 @@ GLOBAL_BATCH = "global batch of one optimizer step: per-process batch × process
 GRAD_ACCUM = "micro-batches each process accumulates per optimizer step"
 FORCE = "replace an existing --out (atomically, once the new output is complete)"
 TASK = "defect | clone | exception | a task file FILE.yaml"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from codekd import __version__
+
+        typer.echo(f"codekd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print codekd's version and exit")) -> None:
+    """Knowledge distillation for code models."""
 
 
 def _fail(message: str) -> None:
@@ -98,27 +112,69 @@ def vocab(task: str = typer.Option(..., help=TASK),
     console.print(f"vocabulary written to {path}")
 
 
+# Options shared by every training command (teacher, distill): one definition each, HF TrainingArguments names.
+Opt = typer.Option
+Epochs = Annotated[int | None, Opt(help="training epochs (default 5)")]
+Lr = Annotated[float | None, Opt(help="peak learning rate (AdamW)")]
+BatchSize = Annotated[int | None, Opt(help=f"{GLOBAL_BATCH} (default 32)")]
+GradAccum = Annotated[int | None, Opt(help=f"{GRAD_ACCUM} (default 1)")]
+MaxLength = Annotated[int | None, Opt(help="tokens per input (default 512)")]
+Seed = Annotated[int | None, Opt(help="random seed (default 42)")]
+Whitespace = Annotated[str | None, Opt(help="collapse (the study; default) | keep")]
+Precision = Annotated[str | None, Opt(help="training precision: fp32 (default) | bf16 | fp16 (CUDA)")]
+Bucket = Annotated[bool | None, Opt("--bucket/--no-bucket", help="length-bucketed batches (default on)")]
+Truncation = Annotated[str | None, Opt(help="head (the study; default) | focus (centre on the task's marker)")]
+MaxGradNorm = Annotated[float | None, Opt(help="gradient clipping norm (default 1.0; 0: none, as the study)")]
+WeightDecay = Annotated[float | None, Opt(help="AdamW weight decay, not on biases and norms (default 0)")]
+WarmupRatio = Annotated[float | None, Opt(help="share of the steps with linear warm-up (default 0.1)")]
+Scheduler = Annotated[str | None, Opt("--lr-scheduler-type", "--lr-scheduler",
+                                      help="linear (default) | cosine | constant | constant_with_warmup")]
+Patience = Annotated[int | None, Opt(help="stop after N epochs without a better validation score (default 0: off)")]
+BestMetric = Annotated[str | None, Opt(help="validation metric that picks the best epoch (default: the task's "
+                                            "headline), e.g. macro_f1")]
+LoggingSteps = Annotated[int | None, Opt(help="a training-loss row in log.csv every N optimizer steps (default 50)")]
+ReportTo = Annotated[str | None, Opt(help="csv (default; log.csv is always written) | tensorboard | none")]
+Resume = Annotated[bool, Opt(help="continue an interrupted run in OUT.partial/")]
+Config = Annotated[Path | None, Opt(help="YAML file of options (keys: option names); the command line wins")]
+NOT_OPTIONS = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb", "trust_remote_code")
+
+
+def _options(ctx: typer.Context, config: Path | None, required: tuple[str, ...], extra: tuple[str, ...] = ()
+             ) -> dict[str, Any]:
+    """The command's options: those given on the command line over those in `--config` (whose keys must be
+    option names, or `extra` ones); every `required` one present."""
+    cfg = _load_config(config)
+    unknown = sorted(set(cfg) - set(ctx.params) - set(extra) - set(NOT_OPTIONS))
+    if unknown:
+        _fail(f"--config {config}: unknown option(s) {', '.join(unknown)}")
+    given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in NOT_OPTIONS}
+    merged = {**cfg, **given}
+    for key in required:
+        if merged.get(key) is None:
+            _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
+    return merged
+
+
 @app.command()
-def teacher(task: str = typer.Option(..., help=TASK), data: Path = typer.Option(...),
-            model: str = typer.Option(..., help="hub id or local directory of any HF encoder"),
-            out: Path = typer.Option(...), epochs: int = typer.Option(5), lr: float = typer.Option(2e-5),
-            batch_size: int = typer.Option(32, help=GLOBAL_BATCH), grad_accum: int = typer.Option(1, help=GRAD_ACCUM),
-            max_length: int = typer.Option(512), seed: int = typer.Option(42),
-            whitespace: str = typer.Option("collapse"), precision: str = typer.Option("fp32"),
-            bucket: bool = typer.Option(True, "--bucket/--no-bucket", help="length-bucketed batches"),
-            unixcoder_prefix: str = typer.Option("auto", help="auto (detect <encoder-only>) | on | off"),
-            truncation: str = typer.Option("head", help="head (the study) | focus (centre on the task's marker)"),
-            resume: bool = typer.Option(False, help="continue an interrupted run in OUT.partial/"),
-            trust_remote_code: TrustRemoteCode = False) -> None:
+def teacher(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data: Path = typer.Option(None),
+            model: str = typer.Option(None, help="hub id or local directory of any HF encoder"),
+            out: Path = typer.Option(None), epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
+            grad_accum: GradAccum = None, max_length: MaxLength = None, seed: Seed = None,
+            whitespace: Whitespace = None, precision: Precision = None, bucket: Bucket = None,
+            unixcoder_prefix: str = typer.Option(None, help="auto (detect <encoder-only>; default) | on | off"),
+            truncation: Truncation = None, max_grad_norm: MaxGradNorm = None, weight_decay: WeightDecay = None,
+            warmup_ratio: WarmupRatio = None, lr_scheduler_type: Scheduler = None,
+            early_stopping_patience: Patience = None, metric_for_best_model: BestMetric = None,
+            logging_steps: LoggingSteps = None, report_to: ReportTo = None, resume: Resume = False,
+            config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
     """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
     from codekd.pipeline import train_teacher
 
-    cfg = _train_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
-                         "seed": seed, "precision": precision, "bucket": bucket})
-    m = train_teacher(task, data, model, out, cfg, max_length, whitespace, unixcoder_prefix, resume, truncation,
-                      trust_remote_code)
-    out_table = _metrics_table(f"teacher on {m['task']}/test", [(str(model), m["model"])])
-    console.print(out_table)
+    o = {"lr": 2e-5, **_options(ctx, config, ("task", "data", "model", "out"))}
+    m = train_teacher(o["task"], o["data"], o["model"], o["out"], _train_config(o), int(o.get("max_length") or 512),
+                      o.get("whitespace") or "collapse", o.get("unixcoder_prefix") or "auto", resume,
+                      o.get("truncation") or "head", trust_remote_code)
+    console.print(_metrics_table(f"teacher on {m['task']}/test", [(str(o["model"]), m["model"])]))
 
 
 @app.command(context_settings=EXTRA)
@@ -130,17 +186,13 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
                                         "intermediate_size: 256}'"),
             vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
-            epochs: int = typer.Option(None), lr: float = typer.Option(None),
-            batch_size: int = typer.Option(None, help=f"{GLOBAL_BATCH} (default 32)"),
-            grad_accum: int = typer.Option(None, help=f"{GRAD_ACCUM} (default 1)"),
-            max_length: int = typer.Option(None), temperature: float = typer.Option(None),
-            seed: int = typer.Option(None), whitespace: str = typer.Option(None),
-            precision: str = typer.Option(None, help="student training: fp32 | bf16 | fp16 (CUDA)"),
+            epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
+            max_length: MaxLength = None, temperature: float = typer.Option(None), seed: Seed = None,
+            whitespace: Whitespace = None, precision: Precision = None,
             teacher_precision: str = typer.Option(None, help="teacher inference: auto (bf16 where supported) | fp32"),
             teacher_device: str = typer.Option(None, help="where the frozen teacher runs: auto (each process's "
                                                "device) | cpu | cuda"),
-            max_grad_norm: float = typer.Option(None),
-            bucket: bool = typer.Option(None, "--bucket/--no-bucket", help="length-bucketed batches (default on)"),
+            max_grad_norm: MaxGradNorm = None, bucket: Bucket = None,
             study_compat: bool = typer.Option(None, "--study-compat/--no-study-compat",
                                               help="reproduce the study's code for this method and student (README)"),
             teacher_dropout: bool = typer.Option(None, "--teacher-dropout/--no-teacher-dropout",
@@ -154,20 +206,15 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
             cache_dir: Path = typer.Option(None, help="cache root (default $CODEKD_CACHE or ~/.cache/codekd)"),
             cache_dtype: str = typer.Option("fp16", help="fp16 | fp32 for cached token states (logits: fp32)"),
             cache_budget_gb: float = typer.Option(2.0, help="largest cache to build; beyond it the teacher runs live"),
-            truncation: str = typer.Option(None, help="head (the study) | focus (centre on the task's marker)"),
-            resume: bool = typer.Option(False), config: Path = typer.Option(None, help="YAML file of options"),
-            trust_remote_code: TrustRemoteCode = False) -> None:
+            truncation: Truncation = None, weight_decay: WeightDecay = None, warmup_ratio: WarmupRatio = None,
+            lr_scheduler_type: Scheduler = None, early_stopping_patience: Patience = None,
+            metric_for_best_model: BestMetric = None, logging_steps: LoggingSteps = None, report_to: ReportTo = None,
+            resume: Resume = False, config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
-    cfg = _load_config(config)
-    skip = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb", "trust_remote_code")
-    given = {k: v for k, v in ctx.params.items() if v not in (None, []) and k not in skip}
-    merged = {**cfg, **given}
+    merged = _options(ctx, config, ("task", "data", "student", "vocab", "method", "out"), extra=("hparams",))
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
     if merged.get("temperature") is not None:
         hparams["temperature"] = merged["temperature"]
-    for key in ("task", "data", "student", "vocab", "method", "out"):
-        if merged.get(key) is None:
-            _fail(f"missing option --{key.replace('_', '-')} (on the command line or in --config)")
     if isinstance(merged["student"], str) and merged["student"].lstrip().startswith("{"):
         merged["student"] = yaml.safe_load(merged["student"])
     weights = merged.get("teacher_weights")

@@ -211,7 +211,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     for where, opts in runs:  # every option's value, checked before any cell runs
         for task in tasks.values():
             try:
-                check_config(TrainConfig(**opts), task)
+                check_config(TrainConfig(**opts), task, machine=False)
             except ValueError as e:
                 _fail(path, where, str(e))
     return Study(path, str(raw["name"]), Path(out or raw.get("out") or Path("studies") / str(raw["name"])), data,

@@ -141,8 +141,9 @@ def best_metric(cfg: TrainConfig, task: Task) -> str:
     return name
 
 
-def check_config(cfg: TrainConfig, task: Task, teachers: int = 0) -> None:
-    """Every option of `cfg`, checked against `task` and this machine before a run creates anything."""
+def check_config(cfg: TrainConfig, task: Task, teachers: int = 0, machine: bool = True) -> None:
+    """Every option of `cfg`, checked against `task` and (with `machine`) this machine and launch, before a run
+    creates anything."""
     bad = [(k, v) for k, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size),
                                ("eval_batch_size", cfg.eval_batch_size)) if v < 1]
     bad += [(k, v) for k, v in (("weight_decay", cfg.weight_decay), ("max_grad_norm", cfg.max_grad_norm),
@@ -161,6 +162,8 @@ def check_config(cfg: TrainConfig, task: Task, teachers: int = 0) -> None:
     if cfg.report_to == "tensorboard":
         tensorboard_writer_class()
     best_metric(cfg, task)
+    if not machine:
+        return
     check_precision(cfg.precision)
     state = process_state()
     micro_batch_size(cfg, state.num_processes)

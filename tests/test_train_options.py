@@ -14,6 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from codekd import device as device_mod
 from codekd import train as train_mod
 from codekd.cli import app
 from codekd.models import build_student, custom_spec
@@ -128,7 +129,7 @@ REFUSED = {"teacher_precision": "bf16", "lr_scheduler_type": "wavy", "report_to"
 
 @pytest.mark.parametrize("option", list(REFUSED))
 def test_refused_option_leaves_nothing(option, small_exception, small_vocab, tiny_teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "bf16_supported", lambda device=None: False)
+    monkeypatch.setattr(device_mod, "bf16_supported", lambda device=None: False)
     with pytest.raises(ValueError, match=f"--{option.replace('_', '-')}"):
         distill("exception", small_exception, GRU, small_vocab, "kd", tmp_path / "r",
                 TrainConfig(epochs=1, **{option: REFUSED[option]}), teacher=tiny_teacher, max_length=64)
