@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from codekd.data import Task, demo_data_dir, get_task
-from codekd.data.tasks import task_record
+from codekd.data.tasks import is_task_file, task_record
 from codekd.methods import get_method
 from codekd.models import get_preset
 from codekd.train import TrainConfig, check_config, train_options
@@ -156,8 +156,8 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             _fail(path, key, "missing")
     _check_names(path, "name", raw["name"])
     for key in ("data", "students", "methods", "teachers"):
-        if isinstance(raw.get(key), dict | list):
-            _check_names(path, key, raw[key])
+        if isinstance(raw.get(key), dict | list):  # a task file's task is named by its `name:`, checked below
+            _check_names(path, key, [k for k in raw[key] if key != "data" or not is_task_file(k)])
     if not isinstance(raw["data"], dict):
         _fail(path, "data", "expected a mapping of task (a name or a task file FILE.yaml) to data directory")
     data, tasks = {}, {}
@@ -166,6 +166,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             task = get_task(key)
         except ValueError as e:
             _fail(path, f"data.{key}", str(e))
+        _check_names(path, f"data.{key}", task.name)
         if task.name in tasks:
             _fail(path, f"data.{key}", f"a second task named {task.name!r}")
         tasks[task.name] = task
