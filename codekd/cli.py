@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codekd.data import DataError
+from codekd.data.text import read_text
 from codekd.io import OutputExistsError, is_main_process
 from codekd.trust import TrustRemoteCode
 
@@ -72,7 +73,7 @@ def _load_config(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = yaml.safe_load(read_text(path)) or {}  # bad bytes: a DataError naming the file and line
     except (OSError, yaml.YAMLError) as e:
         _fail(f"--config {path}: {e}")
     if not isinstance(cfg, dict):

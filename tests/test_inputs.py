@@ -78,3 +78,13 @@ def test_cli_exit_2_one_line_nothing_written(tmp_path, small_vocab):
     res = _codekd("vocab", "--task", "defect", "--data", str(data), "--size", "300", "--out", str(out))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and not out.exists()
     assert f"{data / 'test.jsonl'}:2: bad JSON: a number too long" in res.stderr
+
+
+def test_config_file_with_bad_bytes_names_its_line(tmp_path):
+    from codekd.cli import _load_config
+
+    (tmp_path / "c.yaml").write_bytes(b"\xef\xbb\xbfepochs: 1\nlr: '\xff'\n")
+    with pytest.raises(DataError, match=r"c.yaml:2: not UTF-8 text: byte 0xff"):
+        _load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_bytes(b"\xef\xbb\xbfepochs: 1\n")  # a BOM is fine
+    assert _load_config(tmp_path / "c.yaml") == {"epochs": 1}
