@@ -344,3 +344,9 @@ def test_odd_split_files_are_reported_as_what_they_are(tmp_path):
     (d / "train.jsontxt-00000-of-00001").mkdir(parents=True)
     with pytest.raises(DataError, match="train.jsontxt-00000-of-00001: is a directory"):
         load_split("exception", d, "train")
+
+
+def test_bad_byte_column_counts_from_the_text_after_a_bom(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + REC + b'{"f\xff": 1}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: not UTF-8 text: byte 0xff at byte 4 of the line"):
+        load_split("defect", tmp_path, "train")

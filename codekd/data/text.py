@@ -87,8 +87,10 @@ def decode_text(raw: bytes, where: str | Path, line: int | None = None, first: b
         at = raw.index(b"\0")
         raise DataError(where, f"not UTF-8 text: a NUL byte at byte {_column(raw, at)} of the line (UTF-16 or a "
                         "binary file?)", line if line is not None else raw.count(b"\n", 0, at) + 1)
+    if first:
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # `utf-8-sig`, by hand: error offsets then count from the text
     try:
-        return raw.decode("utf-8-sig" if first else "utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         bad = raw[e.start:e.start + 1].hex()
         raise DataError(where, f"not UTF-8 text: byte 0x{bad} at byte {_column(raw, e.start)} of the line ({e.reason})",
