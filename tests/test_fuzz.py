@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from codekd.data import DataError, load_splits
+from codekd.data import DataError, get_task, load_splits
 from codekd.predict import read_jsonl
 from codekd.study import read_results
 
@@ -119,7 +119,7 @@ def test_predict_input_reader_sees_every_line(task, pair, tmp_path):
         path = tmp_path / f"{k}.jsonl"
         path.write_bytes(_mutate(base.read_bytes(), rng))
         with path.open("rb") as f:
-            items = list(read_jsonl(f, str(path), pair, "collapse"))
+            items = list(read_jsonl(f, str(path), get_task(task), "collapse"))
         lines = [item.line if isinstance(item, DataError) else item[0]["line"] for item in items]
         raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
         assert lines == [n for n, text in enumerate(raw, 1) if text.decode("utf-8", "replace").strip()]
