@@ -51,12 +51,13 @@ from torch import Tensor, nn
 
 from codekd.device import autocast, process_state, to_device
 from codekd.encoding import SPEC_FILE, EncodedData, batch_order
-from codekd.io import atomic_dir, is_main_process, process_alive, read_json, write_json
+from codekd.io import atomic_dir, disk_errors, exclusive_lock, is_main_process, process_alive, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
 
 FORMAT = 1  # bump when the layout changes: it is part of every key
 MANIFEST = "manifest.json"
 OWNER = "owner"
+FREE_MARGIN = 64 * 2**20  # bytes a cache build leaves free on its disk (the manifest, other writers)
 DTYPES = {"fp16": (torch.float16, np.float16), "fp32": (torch.float32, np.float32)}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 CHUNK = 16 * 2**20
@@ -256,18 +257,45 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
                 precision: str = "fp32", inputs: dict[str, Any] | None = None) -> TeacherCache | None:
     """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`.
 
-    Returns the cache, or None (having written nothing) when it would exceed `budget_bytes`; the caller
-    then runs the teacher live. The size is known after one forward pass (on the longest batch: batches
-    go longest first, so padding is least and a memory error shows at once). Logits are stored in fp32,
-    the rest in `dtype`. The directory appears only when complete (`atomic_dir`); an existing complete
-    cache at `path` is returned as it is. The teacher runs on this process's device with autocast at
-    `precision` (`fp32`, `bf16`); `inputs` (`key_inputs`) is recorded in the manifest. Every process of
+    Returns the cache, or None (having written nothing) when it would exceed `budget_bytes` or the disk's free
+    space (less `FREE_MARGIN`); the caller then runs the teacher live. One build per key runs at a time (a lock
+    beside it): a second waits for the first and then returns its cache. The size is known after one forward
+    pass (on the longest batch: batches go longest first, so padding is least and a memory error shows at
+    once). Logits are stored in fp32, the rest in `dtype`. The directory appears only when complete (`atomic_dir`);
+    an existing complete cache at `path` is returned as it is. The teacher runs on this process's device with
+    autocast at `precision` (`fp32`, `bf16`); `inputs` (`key_inputs`) is recorded in the manifest. Every process of
     a launch calls this and gets the cache; the teacher's work is shared out (see the module's notes).
     """
     path = Path(path)
-    stored = stored_needs(needs)
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    state = process_state()
+    if state.is_main_process:
+        with disk_errors(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")  # one build per key at a time; a second waits, then finds it
+    with exclusive_lock(lock, f"teacher cache {path}", wait=True) if state.is_main_process else nullcontext():
+        try:
+            state.wait_for_everyone()
+            return _build(teacher, data, view, needs, path, dtype, budget_bytes, batch_size, precision, inputs)
+        finally:  # a waiter that opened it already keeps its lock, and then finds the cache built
+            if state.is_main_process:
+                lock.unlink(missing_ok=True)
+
+
+def _allocate(arrays: dict[str, np.ndarray]) -> None:
+    """Reserve the disk blocks of the memory-mapped arrays now: a disk that fills up later is then an ENOSPC
+    here, not a SIGBUS while the cache is written (memory-mapped files are sparse until written)."""
+    for array in arrays.values():
+        if hasattr(os, "posix_fallocate") and array.filename:
+            with open(array.filename, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+
+
+def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: Path, dtype: str,
+           budget_bytes: int, batch_size: int, precision: str, inputs: dict[str, Any] | None) -> TeacherCache | None:
+    """`build_cache`, under the key's lock."""
+    stored = stored_needs(needs)
     existing = TeacherCache.open(path)
     if existing is not None and existing.covers(stored):
         return existing
@@ -301,11 +329,16 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
             shapes["hidden_states"] = (int(offsets[-1]), *first["hidden_states"][0].shape[1:])
         if "attentions" in stored:
             shapes["attentions"] = (int(pair_offsets[-1]), *first["attentions"][0].shape[1:])
-    shapes = broadcast_object_list([shapes])[0]
+    free = shutil.disk_usage(path.parent).free if main else 0
+    shapes, free = broadcast_object_list([(shapes, free)])[0]
     dtypes = {name: np.float32 if name == "logits" else np_dtype for name in shapes}
     size = lengths.nbytes + sum(int(np.prod(s)) * np.dtype(dtypes[k]).itemsize for k, s in shapes.items())
     if size > budget_bytes:
         console.print(f"teacher cache: needs {size / 2**30:.2f} GiB, budget {budget_bytes / 2**30:.2f} GiB")
+        return None
+    if size + FREE_MARGIN > free:
+        console.print(f"teacher cache: needs {size / 2**30:.2f} GiB, only {free / 2**30:.2f} GiB free on "
+                      f"{path.parent} (keeping {FREE_MARGIN // 2**20} MiB spare): the teacher runs live")
         return None
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -317,6 +350,7 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
             np.save(tmp / "lengths.npy", lengths)
             arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtypes[name],
                                                       shape=shape) for name, shape in shapes.items()}
+            _allocate(arrays)
         bar = progress.add_task(f"caching {view} outputs", total=len(batches))
         for step in range(-(-len(batches) // state.num_processes)):  # every process takes part in every round
             local = [(mine[step], first if step == 0 else rows(mine[step]))] if step < len(mine) else []

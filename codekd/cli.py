@@ -21,7 +21,7 @@ from rich.table import Table
 
 from codekd.data import DataError
 from codekd.data.text import read_text
-from codekd.io import OutputExistsError, is_main_process
+from codekd.io import BusyError, DiskError, OutputExistsError, disk_error, is_main_process
 from codekd.trust import TrustRemoteCode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation for code models.")
@@ -423,6 +423,11 @@ def main() -> None:
         os.environ.setdefault("COLUMNS", "160")
     try:
         app()
-    except (DataError, ValueError, OutputExistsError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, ValueError, OutputExistsError, FileExistsError, FileNotFoundError, DiskError, BusyError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except OSError as e:  # a full or read-only disk that no writer named: the file the error names
+        if (disk := disk_error(e)) is None:
+            raise
+        err.print(f"[bold red]error:[/] {disk}", highlight=False)
         sys.exit(2)

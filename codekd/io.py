@@ -1,11 +1,15 @@
-"""Atomic file and directory writes: an output either appears complete or not at all."""
+"""Atomic file and directory writes (an output either appears complete or not at all), the one-line form of
+a full or read-only disk, and exclusive locks that vanish with their process."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +19,66 @@ from typing import Any
 
 class OutputExistsError(FileExistsError):
     """An output path already exists and would be overwritten."""
+
+
+class DiskError(Exception):
+    """A write failed because its disk is full or read-only (one line: the path and the errno)."""
+
+
+class BusyError(Exception):
+    """Another process holds the lock of a run directory."""
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def disk_error(e: BaseException, path: str | Path | None = None) -> DiskError | None:
+    """`e` as a `DiskError` naming `path` (else the file the error names) when it is a full or read-only disk
+    (ENOSPC, EDQUOT, EROFS), else None. safetensors' Rust errors carry the errno only in their message."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (found := re.search(r"\(os error (\d+)\)", str(e))):
+        code = int(found.group(1))
+    if code not in DISK_ERRNOS:
+        return None
+    where = path or getattr(e, "filename", None) or "a file"
+    return DiskError(f"{where}: cannot write: {os.strerror(code)} ({errno.errorcode[code]}); "
+                     f"{'free some space' if code != errno.EROFS else 'the file system is read-only'} or write "
+                     "elsewhere (nothing was left half-written)")
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full or read-only disk under the block into a one-line `DiskError` naming `path`."""
+    try:
+        yield
+    except DiskError:
+        raise
+    except Exception as e:
+        if (error := disk_error(e, path)) is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def exclusive_lock(lock_path: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (an OS file lock, `filelock`: it vanishes when its process dies).
+
+    Held elsewhere: wait for it with `wait`, else `BusyError` at once."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise BusyError(f"{what} is in use by another codekd process (lock {lock_path}); wait for it to "
+                            "finish") from None
+        print(f"waiting for another codekd process that holds {what} (lock {lock_path})", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_new_output(path: str | Path, force: bool = False, keep: str | Path | None = None,
@@ -60,35 +124,37 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     it, an existing `path` is refused before anything is written.
     """
     path = Path(path) if replace else check_new_output(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(_plain(0o777))
-    try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if path.exists() or path.is_symlink():
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(_plain(0o777))
+        try:
+            yield tmp
+            old = path.with_name(f".{path.name}.old")
+            if path.exists() or path.is_symlink():
+                _remove(old)
+                os.replace(path, old)
+            os.replace(tmp, path)
             _remove(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path that replaces `path` only if the block succeeds."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, _plain(0o666))
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, _plain(0o666))
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -16,7 +16,8 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -43,12 +44,22 @@ from codekd.encoding import (
     resolve_unixcoder_prefix,
     token_spans,
 )
-from codekd.io import atomic_dir, atomic_write_text, check_new_output, read_json, write_json
+from codekd.io import (
+    atomic_dir,
+    atomic_write_text,
+    check_new_output,
+    disk_errors,
+    exclusive_lock,
+    read_json,
+    write_json,
+)
 from codekd.methods import get_method
 from codekd.models import StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
 from codekd.train import (
+    CHECKPOINT,
+    FAILURE,
     TrainConfig,
     align_view,
     check_config,
@@ -117,11 +128,36 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
     state = process_state()
     state.wait_for_everyone()
     if state.is_main_process:
-        work.mkdir(parents=True, exist_ok=True)
+        with disk_errors(work):
+            work.mkdir(parents=True, exist_ok=True)
         if not saved.exists():
             atomic_write_text(saved, yaml.safe_dump({"config": config}, sort_keys=True))
     state.wait_for_everyone()
     return work
+
+
+@contextmanager
+def _run_guard(out: Path) -> Iterator[None]:
+    """Around a run: the exclusive lock of `out` (a second process on the same --out exits 2 at once; the lock
+    vanishes with its process), and on a failure before anything resumable was written (a checkpoint, or the
+    failure report), the removal of the `OUT.partial/` this run created."""
+    work = out.with_name(out.name + ".partial")
+    existed = work.exists()
+    main = process_state().is_main_process
+    if main:
+        with disk_errors(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    with exclusive_lock(lock, f"run directory {work}") if main else nullcontext():
+        try:
+            yield
+        except BaseException:
+            if main and not existed and work.is_dir() and not any((work / f).exists() for f in (CHECKPOINT, FAILURE)):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        finally:
+            if main and not work.exists():  # finished, or nothing left to resume: the lock file goes too
+                lock.unlink(missing_ok=True)
 
 
 class ModelDir(NamedTuple):
@@ -153,7 +189,7 @@ def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequen
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
                             precision=precision, inputs=inputs)
-    console.print(f"teacher outputs: {'cached at ' + str(path) if cache else 'over the cache budget: run live'}")
+    console.print(f"teacher outputs: {f'cached at {path}' if cache else 'not cached (budget or disk space): run live'}")
     return cache
 
 
@@ -256,7 +292,8 @@ def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, 
     net, tok = load_pretrained_encoder(str(model), t, trust_remote_code)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
     spec = InputSpec(t.name, max_input_length(tok, max_length), whitespace, prefix, truncation, task_def=t.to_dict())
-    return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
+    with _run_guard(out):
+        return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
 
 
 def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -> StudentSpec:
@@ -318,8 +355,9 @@ def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, 
     spec = InputSpec(t.name, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
                      extra={"student": spec_s.name, **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})},
                      task_def=t.to_dict())
-    return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights, align,
-                CacheOptions() if cache is None else cache)
+    with _run_guard(out):
+        return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights,
+                    align, CacheOptions() if cache is None else cache)
 
 
 def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path, split: str = "train",

@@ -311,8 +311,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file: a full disk is an OSError (ENOSPC), not torch's 'unexpected pos'
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ concurrent runs give one line."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -220,3 +221,135 @@ def test_evaluate_and_bench_out_that_exists_needs_force(small_exception, tiny_te
     rc, _ = codekd_main(monkeypatch, capsys, "evaluate", "--task", "exception", "--data", small_exception,
                         "--model", tiny_teacher, "--out", out, "--force")
     assert rc == 0 and json.loads(out.read_text())["split"] == "test"
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _erofs(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+
+def test_full_disk_while_training_is_one_line_and_leaves_no_temporaries(small_exception, small_vocab, tmp_path,
+                                                                         monkeypatch, capsys):
+    from codekd import train
+
+    monkeypatch.setattr(train.torch, "save", _enospc)  # the first checkpoint finds the disk full
+    rc, err = codekd_main(monkeypatch, capsys, "distill", "--task", "exception", "--data", small_exception,
+                          "--student", GRU_CLI, "--vocab", small_vocab, "--method", "ft", "--out", tmp_path / "run",
+                          "--epochs", "1", "--max-length", "64")
+    last = err.strip().splitlines()[-1]  # after the epoch's progress lines
+    assert rc == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert last.startswith(f"error: {tmp_path / 'run.partial' / 'checkpoint.pt'}: cannot write") and "ENOSPC" in last
+    assert list(tmp_path.iterdir()) == []  # no OUT.partial (nothing resumable in it), no temporary, no lock
+
+
+@pytest.mark.parametrize("command", ["vocab", "evaluate"])
+def test_read_only_output_is_one_line(command, small_exception, tiny_teacher, tmp_path, monkeypatch, capsys):
+    import codekd.io
+
+    monkeypatch.setattr(codekd.io.tempfile, "mkdtemp", _erofs)  # every output goes through a temporary
+    monkeypatch.setattr(codekd.io.tempfile, "mkstemp", _erofs)
+    out = tmp_path / ("vocab" if command == "vocab" else "eval.json")
+    args = {"vocab": ["vocab", "--task", "exception", "--data", small_exception, "--size", "300"],
+            "evaluate": ["evaluate", "--task", "exception", "--data", small_exception, "--model", tiny_teacher]}
+    rc, err = codekd_main(monkeypatch, capsys, *args[command], "--out", out)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out}: cannot write" in err and "EROFS" in err and "read-only" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_disk_errors_are_recognised():
+    from codekd.io import DiskError, disk_error
+
+    e = disk_error(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "m")
+    assert isinstance(e, DiskError) and str(e).startswith("m: cannot write: No space left on device (ENOSPC)")
+    assert disk_error(OSError(errno.ENOENT, "gone")) is None
+
+
+@pytest.fixture
+def teacher_data(tiny_teacher, small_exception):
+    from codekd.data import load_split
+    from codekd.encoding import EncodedData, encode_view
+    from codekd.models.teacher import load_model_dir
+
+    model, tok, spec = load_model_dir(tiny_teacher)
+    examples = load_split("exception", small_exception, "train", spec.whitespace)
+    return model, EncodedData([ex.label for ex in examples], {"teacher0": encode_view(tok, examples, spec)})
+
+
+def test_cache_short_of_disk_space_falls_back_to_the_live_teacher(teacher_data, tmp_path, monkeypatch, capfd):
+    import shutil
+
+    import codekd.cache as cache
+
+    model, data = teacher_data
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
+    assert cache.build_cache(model, data, "teacher0", ["logits", "hidden_states"], tmp_path / "c") is None
+    out = "".join(capfd.readouterr())
+    assert "free on" in out and "the teacher runs live" in out
+    assert list(tmp_path.iterdir()) == []  # no temporary, no cache, no lock
+
+
+def test_cache_disk_full_mid_build_is_one_line_and_removes_the_temporary(teacher_data, tmp_path, monkeypatch):
+    import codekd.cache as cache
+    from codekd.io import DiskError
+
+    model, data = teacher_data
+    monkeypatch.setattr(cache.os, "posix_fallocate", _enospc)  # the blocks cannot be reserved
+    with pytest.raises(DiskError, match=r"c: cannot write: No space left on device \(ENOSPC\)"):
+        cache.build_cache(model, data, "teacher0", ["logits", "hidden_states"], tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_build_of_a_cache_key_waits_and_reuses_the_first(teacher_data, tmp_path, capfd):
+    import threading
+
+    from filelock import FileLock
+
+    import codekd.cache as cache
+
+    model, data = teacher_data
+    path, calls = tmp_path / "c", []
+    model.register_forward_hook(lambda *a: calls.append(threading.current_thread().name))
+    first = FileLock(tmp_path / ".c.lock")
+    first.acquire()  # the first build holds the key's lock
+    second: list = []
+    waiter = threading.Thread(name="second", target=lambda: second.append(
+        cache.build_cache(model, data, "teacher0", ["logits"], path)))
+    waiter.start()
+    waiter.join(2.0)
+    assert waiter.is_alive() and not path.exists()  # it waits
+    cache._build(model, data, "teacher0", ["logits"], path, "fp16", 2**30, 64, "fp32", None)  # the first build
+    first.release()
+    waiter.join(60)
+    assert second[0].path == path and "second" not in calls  # reused: the second ran no teacher forward
+    assert "waiting for another codekd process" in capfd.readouterr().err
+
+
+def test_second_run_on_the_same_out_exits_at_once_and_the_lock_dies_with_its_holder(small_exception, small_vocab,
+                                                                                    tmp_path, monkeypatch, capsys):
+    import subprocess
+    import time
+
+    from filelock import FileLock
+
+    lock = tmp_path / ".run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from filelock import FileLock; "
+                               f"held = FileLock({str(lock)!r}); held.acquire(); print('held', flush=True); "
+                               "time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    rc, err = codekd_main(monkeypatch, capsys, "distill", "--task", "exception", "--data", small_exception,
+                          "--student", GRU_CLI, "--vocab", small_vocab, "--method", "ft", "--out", tmp_path / "run",
+                          "--epochs", "1", "--max-length", "64", "--resume")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "in use by another codekd process" in err and time.monotonic() - started < 60
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    holder.kill()
+    holder.wait()
+    after = FileLock(lock)
+    after.acquire(timeout=5)  # a Timeout if the dead holder's lock had outlived it
+    after.release()
