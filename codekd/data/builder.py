@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codekd.data.licences import FOREIGN_HEADER, checkout_licence, distribution_licence, is_permissive
-from codekd.data.tasks import EXCEPTION_LABELS
+from codekd.data.tasks import get_task
 from codekd.io import atomic_dir, write_json
 
 HOLE = "__HOLE__"
+EXCEPTION_LABELS = get_task("exception").labels  # CuBERT's 20 classes, in index order
 SPLIT_FILES = {"train": "train.jsonl", "valid": "dev.jsonl", "test": "test.jsonl"}
 FRACTIONS = {"train": 0.7, "valid": 0.15, "test": 0.15}
 MAX_CHARS = 6000  # CuBERT's function-length bound
