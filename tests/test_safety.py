@@ -147,15 +147,21 @@ def test_study_names_cannot_escape_the_study_directory(field, small_exception, t
         cfg["name"] = "../escaped"
     elif field == "student":
         cfg["students"] = ["../escaped"]
-    else:
-        cfg["data"] = {"../escaped": str(small_exception)}
     (tmp_path / "work").mkdir()
+    if field == "task":  # a data key that is a task file is read, not written; its task's name: is the path part
+        from codekd.data.tasks import TASK_FILES
+
+        text = (TASK_FILES / "exception.yaml").read_text(encoding="utf-8")
+        (tmp_path / "work" / "evil.yaml").write_text(text.replace("name: exception", "name: ../escaped"))
+        cfg["data"] = {"evil.yaml": str(small_exception)}
     (tmp_path / "work" / "study.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(tmp_path / "work")
     rc, err = codekd_main(monkeypatch, capsys, "study", "study.yaml")
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert "study.yaml: " in err and "'../" in err and "no '..'" in err
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["study.yaml", "work"]  # nothing written anywhere
+    # a task file refuses its own bad name, at its line
+    assert "study.yaml: " in err and "'../" in err and ("evil.yaml:3: name" if field == "task" else "no '..'") in err
+    written = sorted(p.name for p in tmp_path.rglob("*"))
+    assert written == sorted(["study.yaml", "work"] + (["evil.yaml"] if field == "task" else []))  # nothing written
 
 
 def test_study_paths_resolve_under_the_study_directory(small_exception, tmp_path):
