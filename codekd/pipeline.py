@@ -23,6 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import yaml
 from accelerate.utils import set_seed
@@ -34,6 +35,7 @@ from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.data.tasks import task_record
 from codekd.device import process_state, teacher_precision
+from codekd.diagnostics import collapse_diagnostic, method_diagnostics, soft_target_diagnostic
 from codekd.encoding import (
     EncodedData,
     InputSpec,
@@ -67,6 +69,8 @@ from codekd.train import (
     console,
     evaluate,
     fit,
+    logits_of,
+    micro_batch_size,
     normalized_weights,
     teacher_view,
 )
@@ -201,6 +205,23 @@ def load_for_task(path: str | Path, task: str | Path | Task | None, option: str,
     return loaded
 
 
+def _diagnostics(method_name: str, method: Any, task: Task, cfg: TrainConfig, processes: int,
+                 teachers: Sequence[ModelDir], caches: Sequence[Any], train: EncodedData) -> list[dict[str, Any]]:
+    """`codekd.diagnostics` before training: the method's constant terms, and whether the first teacher's
+    soft targets on the training split are nearly uniform (logits from its cache, else one teacher pass)."""
+    found = method_diagnostics(method_name, method.hp, len(task.labels), micro_batch_size(cfg, processes))
+    temperature = method.hp.get("temperature")
+    if teachers and temperature and "logits" in method.teacher_needs:
+        if caches and caches[0] is not None:
+            logits = torch.from_numpy(np.array(caches[0].arrays["logits"], dtype=np.float32))
+        else:
+            logits = logits_of(teachers[0].model, train, view=teacher_view(0), batch_size=cfg.eval_batch_size)
+        found += [d for d in [soft_target_diagnostic(logits, temperature)] if d]
+    for d in found:
+        console.print(f"warning: {d['name']}: {d['message']}", highlight=False, soft_wrap=True)
+    return found
+
+
 def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
          spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
          config: dict[str, Any], resume: bool, teachers: Sequence[ModelDir] = (),
@@ -241,6 +262,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     elif cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
                                 teacher_precision(cfg.teacher_precision, state.device)) for i, t in enumerate(teachers)]
+    diagnostics = _diagnostics(method_name, method, task, cfg, state.num_processes, teachers, caches, train)
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),
                  teachers=[t.model for t in teachers], teacher_weights=weights, teacher_caches=caches,
@@ -251,7 +273,8 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         "model": evaluate(best, test, task, batch_size=cfg.eval_batch_size), "teacher": None, "retention": None,
         "parameters": count_parameters(best), "size_mb": size_mb(work / "best"),
         "best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "history": result.history,
-        "train_seconds": sum(h["seconds"] for h in result.history)}
+        "train_seconds": sum(h["seconds"] for h in result.history),
+        "diagnostics": diagnostics + [d for d in [collapse_diagnostic(result.history, task.labels)] if d]}
     if teachers:
         metrics["teachers"] = [
             {"metrics": evaluate(t.model, test, task, view=teacher_view(i), batch_size=cfg.eval_batch_size),

@@ -43,6 +43,7 @@ from codekd.device import (
     teacher_precision,
     to_device,
 )
+from codekd.diagnostics import COLLAPSE_SHARE, majority_share
 from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_file, is_main_process, write_json
 from codekd.methods import Method
@@ -488,10 +489,16 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 progress.update(bar, advance=1, info=f"loss {loss_sum / max(seen, 1):.4f}  {rate:.1f} ex/s")
             train_seconds = time.perf_counter() - started
             totals = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64, device=device), "sum")
-            metrics = evaluate(model.student, valid, task, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            probs = predict(model.student, valid, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            metrics = task.metrics(valid.labels, probs)
+            top, share = majority_share(probs)
             record = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1),
-                      "train_seconds": train_seconds, "seconds": time.perf_counter() - started, "valid": metrics}
+                      "train_seconds": train_seconds, "seconds": time.perf_counter() - started, "valid": metrics,
+                      "majority": {"class": top, "share": share}}
             result.history.append(record)
+            if share >= COLLAPSE_SHARE:
+                console.print(f"warning: collapsed: the student predicts {task.labels[top]} for {share:.0%} of the "
+                              f"validation split after epoch {epoch}", highlight=False, soft_wrap=True)
             log.log({"step": epoch * steps_per_epoch, "epoch": epoch, "learning_rate": scheduler.get_last_lr()[0],
                      "train_loss": record["train_loss"], **{f"eval_{k}": v for k, v in metrics.items() if k != "n"}})
             score = metrics[metric]
