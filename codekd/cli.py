@@ -210,6 +210,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
             truncation: Truncation = None, weight_decay: WeightDecay = None, warmup_ratio: WarmupRatio = None,
             lr_scheduler_type: Scheduler = None, early_stopping_patience: Patience = None,
             metric_for_best_model: BestMetric = None, logging_steps: LoggingSteps = None, report_to: ReportTo = None,
+            transfer: Path = typer.Option(None, help="unlabelled code (task JSONL without labels, or source files) "
+                                          "the teacher labels for the distillation terms"),
             resume: Resume = False, config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     merged = _options(ctx, config, ("task", "data", "student", "vocab", "method", "out"), extra=("hparams",))
@@ -233,7 +235,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
                     hparams=hparams, resume=resume, align=merged.get("align") or "position",
                     truncation=merged.get("truncation") or "head", cache=cache_options,
-                    trust_remote_code=trust_remote_code)
+                    trust_remote_code=trust_remote_code, transfer=merged.get("transfer"))
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))

@@ -60,8 +60,14 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
 
 @fp32
 def hard_cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
-    """Plain cross-entropy with the gold labels, averaged over the batch: the fine-tuning (FT) baseline."""
-    return F.cross_entropy(student_logits, labels)
+    """Plain cross-entropy with the gold labels, averaged over the batch: the fine-tuning (FT) baseline.
+
+    Examples labelled -100 (unlabelled transfer examples, `codekd.data.unlabelled`) are left out of the
+    mean; a batch without any labelled example gives 0 (with a gradient of 0), not NaN."""
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits[labelled], labels[labelled])
 
 
 @fp32

@@ -34,6 +34,7 @@ from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_roo
 from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.data.tasks import task_record
+from codekd.data.unlabelled import load_unlabelled
 from codekd.device import process_state, teacher_precision
 from codekd.diagnostics import collapse_diagnostic, method_diagnostics, soft_target_diagnostic
 from codekd.encoding import (
@@ -205,6 +206,9 @@ def load_for_task(path: str | Path, task: str | Path | Task | None, option: str,
     return loaded
 
 
+LABELLED_TERMS = {"dkd"}  # methods whose distillation terms use the gold label (DKD's target class)
+
+
 def _diagnostics(method_name: str, method: Any, task: Task, cfg: TrainConfig, processes: int,
                  teachers: Sequence[ModelDir], caches: Sequence[Any], train: EncodedData) -> list[dict[str, Any]]:
     """`codekd.diagnostics` before training: the method's constant terms, and whether the first teacher's
@@ -337,8 +341,13 @@ def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, 
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
             align: str = "position", truncation: str = "head",
-            cache: CacheOptions | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+            cache: CacheOptions | None = None, trust_remote_code: bool = False,
+            transfer: str | Path | None = None) -> dict[str, Any]:
     """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
+
+    `transfer` is unlabelled code (`codekd.data.unlabelled`) added to the training split: the teacher
+    labels it (through the cache), the method's distillation terms run over every example and its label
+    term over the labelled ones only; the two are shuffled together, so batches mix them in proportion.
 
     `teacher` is one fine-tuned teacher directory or several (multi-teacher KD with a logit method:
     the method's loss against each teacher, weighted by `teacher_weights`, equal by default). The
@@ -362,12 +371,21 @@ def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, 
               "vocab": str(vocab), "method": method, "teachers": [str(t) for t in teachers],
               "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
-              "truncation": truncation, **asdict(cfg)}
+              "truncation": truncation, **asdict(cfg), **({"transfer": str(transfer)} if transfer else {})}
     check_new_output(out)
     method_cls = get_method(method)
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
+    if transfer and (not method_cls.teacher_needs or method in LABELLED_TERMS or
+                     any(p.get("method") in LABELLED_TERMS for p in hparams.get("parts", []))):
+        raise ValueError(f"--transfer: method {method} cannot learn from unlabelled code (it needs a teacher and "
+                         f"distillation terms without labels; not {', '.join(sorted(LABELLED_TERMS))} or ft)")
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
+    if transfer:
+        extra = load_unlabelled(t, transfer)
+        splits["train"] = splits["train"] + extra
+        console.print(f"transfer set: {len(extra)} unlabelled examples beside {len(splits['train']) - len(extra)} "
+                      "labelled ones", highlight=False)
     loaded = [load_for_task(path, t, "--teacher", trust_remote_code) for path in teachers]
     set_seed(cfg.seed)
     net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)

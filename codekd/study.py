@@ -185,7 +185,8 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
             distill(task, data, cell.student, _vocab(study, cell.task, cell.student), cell.config["method"],
                     run_dir, TrainConfig(**cell.config["train"]), teacher=teacher, max_length=c["max_length"],
                     whitespace=c["whitespace"], hparams=cell.config["hparams"], resume=True,
-                    align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]))
+                    align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]),
+                    transfer=cell.config.get("transfer"))
     m = read_metrics(run_dir)
     if cell.kind == "teacher":  # a `dir:` teacher was tested on its own data: test it on this study's split
         out = study.under("evals", f"{cell.dir_name}.json")

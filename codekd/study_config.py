@@ -108,7 +108,8 @@ class Study:
                                       "train": {**self.train, **opts.get("train", {}), "seed": seed},
                                       "teacher": None if teacher is None else
                                       {"name": teacher, "key": self.teacher_cell(task, teacher).key},
-                                      **({"variant": name} if name != method else {})}
+                                      **({"variant": name} if name != method else {}),
+                                      **({"transfer": opts["transfer"]} if opts.get("transfer") else {})}
                             cells.append(Cell(task, teacher, student, name, seed, config))
         return cells
 
@@ -185,8 +186,10 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             get_method(opts.get("method", m))
         except ValueError as e:
             _fail(path, f"methods.{m}" if "method" in opts else "methods", str(e))
-        if set(opts) - {"hparams", "train", "align", "method"}:
-            _fail(path, f"methods.{m}", "expected only method, hparams, train and align")
+        if set(opts) - {"hparams", "train", "align", "method", "transfer"}:
+            _fail(path, f"methods.{m}", "expected only method, hparams, train, align and transfer")
+        if opts.get("transfer") is not None:  # unlabelled code for the distillation terms (a path)
+            opts["transfer"] = str(resolve_data(str(opts["transfer"])))
         opts["train"] = _train_options(path, f"methods.{m}.train", opts.get("train", {}))
     teachers = raw.get("teachers") or {}
     for name, t in teachers.items():

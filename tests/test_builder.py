@@ -33,7 +33,7 @@ def _tree(tmp_path: Path) -> list[Path]:
     site = tmp_path / "site"
     for i in range(6):
         code = "".join(_fn(f"f{i}_{j}", "KeyError" if j % 2 else "pkg.errors.ValueError", f"y = {i * 10 + j}")
-                       for j in range(4))
+                       for j in range(4)) + _fn(f"u{i}", "pkg.FooError", f"y = 'u{i}'")
         _dist(site, f"mitpkg{i}", {f"mitpkg{i}/__init__.py": code,
                                    f"mitpkg{i}/tests/test_a.py": _fn("t", "KeyError"),
                                    f"mitpkg{i}/_vendor/v.py": _fn("v", "KeyError")},
@@ -133,6 +133,11 @@ def test_build_splits_licences_dedup_bad_files(tmp_path: Path) -> None:
     assert json.loads((out / "counts.json").read_text())["per_class"]["KeyError"] == {
         s: sum(x["label"] == "KeyError" for x in recs[s]) for s in SPLIT_FILES}
     assert "| **total** |" in (out / "counts.md").read_text()
+    # functions catching only other classes: unlabelled, from the training projects only
+    transfer = [json.loads(x) for x in (out / "transfer.jsonl").read_text().splitlines()]
+    assert transfer and counts["transfer"] == len(transfer)
+    assert all("label" not in r and r["provenance"]["package"] in packages["train"] for r in transfer)
+    assert all("except __HOLE__:" in r["function"] and r["function"].startswith("def u") for r in transfer)
 
 
 def test_build_is_deterministic(tmp_path: Path) -> None:

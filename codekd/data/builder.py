@@ -54,6 +54,7 @@ class Project:
     root: Path  # paths in records are relative to it
     files: list[Path] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    unlabelled: list[dict] = field(default_factory=list)  # label None: for the transfer set
 
 
 def default_sources() -> list[Path]:
@@ -130,8 +131,8 @@ def _functions(stmts: list, prefix: str = "") -> list[tuple[ast.AST, str]]:
 
 
 def _handlers(stmts: list) -> list[tuple[ast.expr, str]]:
-    """The `except` clauses under `stmts` whose type names a CuBERT class, without entering nested
-    functions or classes (a clause belongs to its innermost function)."""
+    """The `except` clauses under `stmts` whose type is a (dotted) name on one line, with its last part,
+    without entering nested functions or classes (a clause belongs to its innermost function)."""
     out = []
     for s in stmts:
         if isinstance(s, (*_DEFS, ast.ClassDef)):
@@ -139,21 +140,24 @@ def _handlers(stmts: list) -> list[tuple[ast.expr, str]]:
         if isinstance(s, ast.ExceptHandler) and s.type is not None:
             t = s.type
             last = t.id if isinstance(t, ast.Name) else t.attr if isinstance(t, ast.Attribute) else None
-            if last in _CLASSES and t.lineno == t.end_lineno:
+            if last and t.lineno == t.end_lineno:
                 out.append((t, last))
         for block in _BLOCKS:
             out += _handlers(getattr(s, block, None) or [])
     return out
 
 
-def extract(source: str, seed: int, where: str) -> list[tuple[int, str, str, str]]:
+def extract(source: str, seed: int, where: str) -> list[tuple[int, str, str, str | None]]:
     """(line, qualified name, masked function, label) for each function of `source` with a candidate
-    clause; one clause per function is chosen by a generator seeded by `seed` and `where`."""
+    clause; one clause per function is chosen by a generator seeded by `seed` and `where`. A function
+    whose named clauses catch only other classes gives an unlabelled example (label None): task-shaped
+    code for a transfer set."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     out = []
     for fn, qual in sorted(_functions(tree.body), key=lambda x: (x[0].lineno, x[1])):
-        found = _handlers(fn.body)
+        named = _handlers(fn.body)
+        found = [h for h in named if h[1] in _CLASSES] or [(t, None) for t, _ in named]
         if not found:
             continue
         rng = random.Random(f"{seed}:{where}:{fn.lineno}")
@@ -228,9 +232,10 @@ def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
                 bad["unparsable"] += 1
                 continue
             for line, qual, code, label in found:
-                p.records.append({"function": code, "label": label, "info": f"codekd-data {p.name}/{rel} {qual}",
-                                  "provenance": {"package": p.name, "version": p.version, "path": rel,
-                                                 "line": line, "licence": p.licence}})
+                record = {"function": code, "label": label, "info": f"codekd-data {p.name}/{rel} {qual}",
+                          "provenance": {"package": p.name, "version": p.version, "path": rel, "line": line,
+                                         "licence": p.licence}}
+                (p.records if label else p.unlabelled).append(record)
         if p.records:
             kept.append(p)
         else:
@@ -254,6 +259,14 @@ def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
                 seen_norm.add(norm)
                 rows[s].append(r)
         random.Random(f"{seed}:{s}").shuffle(rows[s])
+    transfer = []  # unlabelled functions of the training projects only, unlike every labelled one
+    for p in sorted(splits["train"], key=lambda p: p.name):
+        for r in p.unlabelled:
+            norm = hashlib.sha1(" ".join(r["function"].split()).encode()).hexdigest()
+            if norm not in seen_norm:
+                seen_norm.add(norm)
+                transfer.append({k: v for k, v in r.items() if k != "label"})
+    random.Random(f"{seed}:transfer").shuffle(transfer)
     counts = {
         "sources": [str(s) for s in sources], "seed": seed, "candidates": candidates,
         "projects": {s: len(splits[s]) for s in SPLIT_FILES}, "duplicates": dict(dups), "bad_files": dict(bad),
@@ -261,12 +274,14 @@ def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
         "empty_projects": sum(1 for x in left_out if x["reason"] == "no candidate function"),
         "left_out_files": sum(1 for x in left_out if x["reason"].startswith("file header")),
         "per_class": {c: {s: sum(r["label"] == c for r in rows[s]) for s in SPLIT_FILES} for c in EXCEPTION_LABELS},
-        "total": {s: len(rows[s]) for s in SPLIT_FILES},
+        "total": {s: len(rows[s]) for s in SPLIT_FILES}, "transfer": len(transfer),
     }
     with atomic_dir(out) as tmp:
         for s, name in SPLIT_FILES.items():
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[s])
+        with open(tmp / "transfer.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in transfer)
         write_json(tmp / "counts.json", counts)
         (tmp / "counts.md").write_text(counts_table(counts) + "\n", encoding="utf-8")
         with open(tmp / "projects.tsv", "w", encoding="utf-8") as f:
@@ -290,6 +305,7 @@ def counts_table(counts: dict) -> str:
     projects = "/".join(str(counts["projects"][s]) for s in SPLIT_FILES)
     tail = (f"\nprojects train/dev/test {projects}; candidate functions {counts['candidates']}; "
             f"duplicates dropped {counts['duplicates'] or 0}; bad files skipped {counts['bad_files'] or 0}; "
+            f"unlabelled functions of the training projects (transfer.jsonl) {counts['transfer']}; "
             f"left out for their licence: {counts['left_out_projects']} projects, {counts['left_out_files']} "
             f"files; {counts['empty_projects']} projects without a candidate (left_out.tsv)")
     return head + body + total + tail

@@ -1,0 +1,81 @@
+"""Unlabelled code for distillation (`--transfer`): the transfer set of Hinton et al. (2015) and of Tang
+et al. ("Distilling Task-Specific Knowledge from BERT into Simple Neural Networks", 2019), which KD
+uses where labels are scarce and code is not. The teacher's outputs are its only targets.
+
+A transfer source is a JSONL file or a directory. JSONL records are in the task's format with the
+labels left out (or ignored): `function` or `func` (`func1`, `func2` for pair tasks). A directory is
+read as its `*.jsonl` / `*.jsontxt` files when it has any, else as raw source files (`*.py`, `*.c`,
+`*.java`, …; single-function tasks only), one example per file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from codekd.data.readers import DataError, Example, record_code
+from codekd.data.tasks import Task
+
+UNLABELLED = -100  # the label of a transfer example: the label term ignores it (PyTorch's ignore_index)
+SOURCE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".java", ".js", ".ts", ".go", ".rs")
+
+
+def load_unlabelled(task: Task, path: str | Path) -> list[Example]:
+    """Read a transfer source (see the module doc); every problem is a DataError naming file and line."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".jsontxt"))
+        if not files:
+            if task.pair:
+                raise DataError(path, f"task {task.name!r} needs function pairs: give JSONL with func1, func2")
+            raw = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+            if not raw:
+                raise DataError(path, "no *.jsonl and no source files in the transfer directory")
+            return [_raw(p) for p in raw]
+    else:
+        raise DataError(path, "transfer source does not exist")
+    out = []
+    for f in files:
+        out += _jsonl(task, f)
+    if not out:
+        raise DataError(path, "the transfer source holds no example")
+    return out
+
+
+def _raw(path: Path) -> Example:
+    try:
+        code = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not code.strip():
+        raise DataError(path, "empty source file")
+    return Example(code, UNLABELLED, source=str(path))
+
+
+def _jsonl(task: Task, path: Path) -> list[Example]:
+    out = []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"bad JSON: {e.msg}", n) from None
+        if not isinstance(rec, dict):
+            raise DataError(path, "expected a JSON object", n)
+        keys = ("func1", "func2") if task.pair else ("function",) if "function" in rec else ("func",)
+        missing = [k for k in keys if k not in rec]
+        if missing:
+            raise DataError(path, f"missing field {missing[0]!r}", n)
+        try:
+            codes = [record_code(rec, k, "keep") for k in keys]
+        except Exception as e:  # readers' InvalidRecord: a wrong type or an empty field
+            raise DataError(path, str(e), n) from None
+        out.append(Example(codes[0], UNLABELLED, codes[1] if task.pair else None, f"{path}:{n}"))
+    return out
