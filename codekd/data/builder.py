@@ -39,6 +39,7 @@ FRACTIONS = {"train": 0.7, "valid": 0.15, "test": 0.15}
 MAX_CHARS = 6000  # CuBERT's function-length bound
 SKIP_DIRS = {"test", "tests", "testing", "idle_test", "__pycache__", "site-packages", "dist-packages",
              "_vendor", "vendor", "vendored", "third_party", "thirdparty", "3rdparty", "extern", "externals"}
+EXCEPTION_LABELS = get_task("exception").labels  # CuBERT's 20 classes, in its order
 _CLASSES = frozenset(EXCEPTION_LABELS)
 # a file can hold a candidate only if some `except` line names a class (saves parsing most files)
 _MAYBE = re.compile(r"except\b[^\n:]*\b(?:" + "|".join(EXCEPTION_LABELS) + r")\b")
