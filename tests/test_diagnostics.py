@@ -73,11 +73,11 @@ def test_collapse_from_history():
 
 
 def test_a_run_records_its_diagnostics(small_exception, small_vocab, tiny_teacher, tmp_path, capsys):
-    """DIST at batch 1 from a barely trained teacher at T=10, with a learning rate of 0 (the student
+    """DIST at batch 1 from a barely trained teacher at T=10, with a learning rate of 1e-12 (the student
     stays at its initialisation, which predicts one class for nearly every input)."""
     out = tmp_path / "run"
     m = distill("exception", small_exception, TINY_ROBERTA, small_vocab, "dist", out,
-                TrainConfig(epochs=1, lr=0.0, batch_size=1), teacher=tiny_teacher, max_length=64)
+                TrainConfig(epochs=1, lr=1e-12, batch_size=1), teacher=tiny_teacher, max_length=64)
     names = [d["name"] for d in m["diagnostics"]]
     assert names == ["dist_one_example", "soft_targets_uniform", "collapsed"]
     assert read_metrics(out)["diagnostics"] == m["diagnostics"]
