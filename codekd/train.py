@@ -290,6 +290,15 @@ def evaluate(model: nn.Module, data: EncodedData, task: Task, view: str = "stude
     return task.metrics(data.labels, predict(model, data, view, batch_size, precision))
 
 
+def validate(model: nn.Module, data: EncodedData, task: Task, batch_size: int = 64,
+             precision: str = "fp32") -> tuple[dict[str, float], dict[str, Any]]:
+    """An epoch's validation: the task's metrics and the most predicted class with its share (the
+    collapse diagnostic reads it from each epoch's history)."""
+    probs = predict(model, data, "student", batch_size, precision)
+    top, share = majority_share(probs)
+    return task.metrics(data.labels, probs), {"class": top, "share": share}
+
+
 def _rng_state() -> dict[str, Any]:
     """Every random generator's state as tensors and plain lists, so that a checkpoint loads with
     `torch.load(weights_only=True)` (numpy's state is a tuple holding an array: its parts are stored)."""
@@ -489,16 +498,15 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                 progress.update(bar, advance=1, info=f"loss {loss_sum / max(seen, 1):.4f}  {rate:.1f} ex/s")
             train_seconds = time.perf_counter() - started
             totals = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64, device=device), "sum")
-            probs = predict(model.student, valid, batch_size=cfg.eval_batch_size, precision=cfg.precision)
-            metrics = task.metrics(valid.labels, probs)
-            top, share = majority_share(probs)
+            metrics, majority = validate(model.student, valid, task, cfg.eval_batch_size, cfg.precision)
             record = {"epoch": epoch, "train_loss": totals[0].item() / max(totals[1].item(), 1),
                       "train_seconds": train_seconds, "seconds": time.perf_counter() - started, "valid": metrics,
-                      "majority": {"class": top, "share": share}}
+                      "majority": majority}
             result.history.append(record)
-            if share >= COLLAPSE_SHARE:
-                console.print(f"warning: collapsed: the student predicts {task.labels[top]} for {share:.0%} of the "
-                              f"validation split after epoch {epoch}", highlight=False, soft_wrap=True)
+            if majority["share"] >= COLLAPSE_SHARE:
+                console.print(f"warning: collapsed: the student predicts {task.labels[majority['class']]} for "
+                              f"{majority['share']:.0%} of the validation split after epoch {epoch}",
+                              highlight=False, soft_wrap=True)
             log.log({"step": epoch * steps_per_epoch, "epoch": epoch, "learning_rate": scheduler.get_last_lr()[0],
                      "train_loss": record["train_loss"], **{f"eval_{k}": v for k, v in metrics.items() if k != "n"}})
             score = metrics[metric]

@@ -79,11 +79,11 @@ def _scripted_validation(monkeypatch, scores: list[dict[str, float]]) -> list[di
     """Validation returns `scores` epoch by epoch; each call keeps a copy of the student's weights."""
     weights = []
 
-    def fake(model, data, task, **kwargs):
+    def fake(model, data, task, *args, **kwargs):
         weights.append(copy.deepcopy(model.state_dict()))
-        return {"n": 32.0, **scores[len(weights) - 1]}
+        return {"n": 32.0, **scores[len(weights) - 1]}, {"class": 0, "share": 0.5}
 
-    monkeypatch.setattr(train_mod, "evaluate", fake)
+    monkeypatch.setattr(train_mod, "validate", fake)
     return weights
 
 
