@@ -16,7 +16,8 @@ phase() {  # phase NAME CONFIG OUT ONLY...
   (cd "$code" && PYTHONPATH=$code nice -n 19 /work/main/.venv/bin/python -m codekd study "$cfg" --out "$out" --keep-going "$@")
   echo "=== $(date -u +%FT%TZ) phase $name exit $?"
 }
-phase logit configs/evidence.yaml $S/study --only method=ft,kd_study,kd_hinton,dist
-phase feature configs/evidence.yaml $S/study --only method=pkd,dkd,tinybert,ckd
+phase claim-a configs/evidence.yaml $S/study --only method=ft,kd_study,kd_hinton
 phase transfer configs/evidence.yaml $S/study --only method=kd_hinton_transfer
+phase feature configs/evidence.yaml $S/study --only method=pkd,ckd,tinybert
+phase logit configs/evidence.yaml $S/study --only method=dist,dkd
 phase sweep configs/evidence-sweep.yaml $S/sweep
