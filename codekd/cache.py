@@ -50,16 +50,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from codekd.device import autocast, process_state, to_device
-from codekd.encoding import SPEC_FILE, EncodedData, batch_order
+from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_dir, disk_errors, exclusive_lock, is_main_process, process_alive, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
+from codekd.models.teacher import source_files
 
 FORMAT = 1  # bump when the layout changes: it is part of every key
 MANIFEST = "manifest.json"
 OWNER = "owner"
 FREE_MARGIN = 64 * 2**20  # bytes a cache build leaves free on its disk (the manifest, other writers)
 DTYPES = {"fp16": (torch.float16, np.float16), "fp32": (torch.float32, np.float32)}
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 CHUNK = 16 * 2**20
 console = Console(stderr=True, quiet=not is_main_process())
 
@@ -82,16 +82,13 @@ def data_fingerprint(items: list[dict]) -> str:
 
 
 def teacher_fingerprint(teacher_dir: str | Path) -> str:
-    """sha256 over the teacher's weight files, `config.json` and `codekd.json` (names and bytes).
+    """sha256 over the teacher's weight files, configs and `codekd.json` (names and bytes), with its base
+    model's for an adapter (`codekd.models.teacher.source_files`).
 
     Content, not path: a copied teacher keeps its caches, a re-trained one in the same place does not.
     """
-    d = Path(teacher_dir)
-    weights = sorted(p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    if not weights:
-        raise FileNotFoundError(f"{d}: no weight file (*.safetensors, *.bin)")
     h = hashlib.sha256()
-    for path in [*weights, d / "config.json", d / SPEC_FILE]:
+    for path in source_files(teacher_dir):
         h.update(f"{path.name}:{path.stat().st_size};".encode())
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):

@@ -182,10 +182,12 @@ def teacher(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
 def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data: Path = typer.Option(None),
             teacher: list[Path] = typer.Option(None, help="fine-tuned teacher directory; repeat for multi-teacher KD"),
             teacher_weights: str = typer.Option(None, help="comma-separated weights of the teachers (default equal)"),
-            student: str = typer.Option(None, help="preset name (codekd presets) or a custom shape in YAML, e.g. "
+            student: str = typer.Option(None, help="preset name (codekd presets), a pre-trained HF encoder "
+                                        "directory, or a custom shape in YAML, e.g. "
                                         "'{kind: roberta, hidden_size: 64, num_layers: 2, num_heads: 2, "
                                         "intermediate_size: 256}'"),
-            vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab)"),
+            vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab); not with a "
+                                       "--student directory"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),
             epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None, grad_accum: GradAccum = None,
             max_length: MaxLength = None, temperature: float = typer.Option(None), seed: Seed = None,
@@ -214,7 +216,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
                                           "the teacher labels for the distillation terms"),
             resume: Resume = False, config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
-    merged = _options(ctx, config, ("task", "data", "student", "vocab", "method", "out"), extra=("hparams",))
+    merged = _options(ctx, config, ("task", "data", "student", "method", "out"), extra=("hparams",))
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
     if merged.get("temperature") is not None:
         hparams["temperature"] = merged["temperature"]
@@ -230,7 +232,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
     cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
     from codekd.pipeline import distill as run_distill
 
-    m = run_distill(merged["task"], merged["data"], merged["student"], merged["vocab"], merged["method"],
+    m = run_distill(merged["task"], merged["data"], merged["student"], merged.get("vocab"), merged["method"],
                     merged["out"], train_cfg, teacher=merged.get("teacher"), teacher_weights=weights,
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
                     hparams=hparams, resume=resume, align=merged.get("align") or "position",

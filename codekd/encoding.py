@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from codekd.data import Example, Task, get_task, normalize_code
 from codekd.data.tasks import is_task_file, task_from_mapping
+from codekd.hub.codekd_text import encode_texts, tokenize
 from codekd.io import read_json, write_json
 from codekd.trust import from_pretrained
 
@@ -96,38 +97,24 @@ def _prefix(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> list[int]:
 TRUNCATION = ("head", "focus")
 
 
-def focus_window(tokenizer: PreTrainedTokenizerBase, text: str, marker: str, budget: int) -> str:
-    """The longest run of whole tokens of `text`, centred on `marker`, that fits in `budget` tokens.
+def input_settings(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> dict[str, Any]:
+    """What `codekd.hub.codekd_text` needs to prepare inputs as `spec` says (also saved in run directories).
 
-    For a function longer than the model's input, head truncation (the study's) can cut away the very
-    part the label depends on (CuBERT's `__HOLE__` lies beyond 128 tokens in 42 % of the exception
-    slice); this keeps the context around it instead. Text without the marker is returned unchanged.
+    A bad truncation mode, or focus truncation on a task without a marker (or with pairs), is refused here.
     """
-    at = text.find(marker)
-    room = budget - tokenizer.num_special_tokens_to_add(pair=False)
-    if at < 0:
-        return text
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-    if len(offsets) <= room:
-        return text
-    k = next(i for i, (_, end) in enumerate(offsets) if end > at)
-    start = max(0, min(k - room // 2, len(offsets) - room))
-    return text[offsets[start][0]:offsets[start + room - 1][1]]
-
-
-def _tokenize(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec, **kwargs: Any):
     if spec.truncation not in TRUNCATION:
         raise ValueError(f"--truncation {spec.truncation!r}: expected one of {', '.join(TRUNCATION)}")
-    budget = spec.max_length - len(_prefix(tokenizer, spec))
-    first = [normalize_code(ex.code, spec.whitespace) for ex in examples]
+    task = spec.get_task()
+    if spec.truncation == "focus" and (task.focus is None or task.pair):
+        raise ValueError(f"--truncation focus: task {spec.task!r} has no marker to centre the input on")
+    normalize_code("", spec.whitespace)  # validates the mode
+    return {"max_length": spec.max_length, "whitespace": spec.whitespace, "truncation": spec.truncation,
+            "marker": task.focus if spec.truncation == "focus" else None, "prefix": _prefix(tokenizer, spec)}
+
+
+def _texts(examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
     pair = bool(examples) and examples[0].code2 is not None
-    second = [normalize_code(ex.code2, spec.whitespace) for ex in examples] if pair else None
-    if spec.truncation == "focus":
-        marker = spec.get_task().focus
-        if marker is None or pair:
-            raise ValueError(f"--truncation focus: task {spec.task!r} has no marker to centre the input on")
-        first = [focus_window(tokenizer, text, marker, budget) for text in first]
-    return tokenizer(first, second, truncation=True, max_length=budget, **kwargs)
+    return [ex.code for ex in examples], [ex.code2 for ex in examples] if pair else None
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: InputSpec) -> list[dict]:
@@ -136,17 +123,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec
     Clone pairs use the tokenizer's pair encoding. With the UniXcoder prefix the input is
     `<s> <encoder-only> </s> code </s>`, as in UniXcoder's own encoder-only usage.
     """
-    prefix = _prefix(tokenizer, spec)
-    enc = _tokenize(tokenizer, examples, spec)
-    out = []
-    for i in range(len(examples)):
-        ids = enc["input_ids"][i]
-        item = {"input_ids": ids[:1] + prefix + ids[1:]}
-        if "token_type_ids" in enc:
-            types = enc["token_type_ids"][i]
-            item["token_type_ids"] = types[:1] + [0] * len(prefix) + types[1:]
-        out.append(item)
-    return out
+    return encode_texts(tokenizer, *_texts(examples), input_settings(tokenizer, spec))
 
 
 Span = tuple[int, int, int] | None
@@ -156,8 +133,9 @@ def token_spans(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
     """(sequence, first char, end char) of every token `encode` produces; None for special tokens."""
     if not tokenizer.is_fast:
         raise ValueError(f"--align offsets needs a fast tokenizer; {type(tokenizer).__name__} gives no offsets")
-    enc = _tokenize(tokenizer, examples, spec, return_offsets_mapping=True)
-    prefix = [None] * len(_prefix(tokenizer, spec))
+    settings = input_settings(tokenizer, spec)
+    enc = tokenize(tokenizer, *_texts(examples), settings, return_offsets_mapping=True)
+    prefix = [None] * len(settings["prefix"])
     out = []
     for i in range(len(examples)):
         spans = [None if seq is None or a == b else (seq, a, b)

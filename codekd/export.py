@@ -41,6 +41,7 @@ from codekd.predict import (
     require_deploy,
     torch_forward,
 )
+from codekd.rundir import export_config, write_export_card
 from codekd.trust import TrustRemoteCode
 
 ONNX_META = "onnx.json"
@@ -157,7 +158,9 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
                                    "int8": t.metrics(labels, quantized.probs(test))}
         tokenizer.save_pretrained(tmp)
         spec.save(tmp)
+        export_config(model, tmp)
         write_json(tmp / ONNX_META, meta)
+        write_export_card(Path(model_dir), tmp, meta)
     return meta
 
 

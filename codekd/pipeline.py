@@ -43,7 +43,6 @@ from codekd.encoding import (
     align_by_offsets,
     encode_view,
     load_tokenizer,
-    model_task,
     resolve_unixcoder_prefix,
     token_spans,
 )
@@ -57,9 +56,10 @@ from codekd.io import (
     write_json,
 )
 from codekd.methods import get_method
-from codekd.models import StudentSpec, build_student, count_parameters, custom_spec, get_preset
+from codekd.models import PRESETS, StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
-from codekd.models.teacher import load_model_dir, load_pretrained_encoder, max_input_length
+from codekd.models.teacher import load_classifier, load_pretrained_encoder, max_input_length
+from codekd.rundir import configure, copy_code, write_card
 from codekd.train import (
     CHECKPOINT,
     FAILURE,
@@ -115,6 +115,7 @@ def _save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         spec.save(tmp)
+        copy_code(model, tmp)
 
 
 def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
@@ -198,12 +199,21 @@ def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequen
     return cache
 
 
-def load_for_task(path: str | Path, task: str | Path | Task | None, option: str,
-                  trust_remote_code: bool = False) -> ModelDir:
-    """A codekd model directory, refused (naming `option`) when it was trained for another task."""
-    loaded = ModelDir(*load_model_dir(path, trust_remote_code), Path(path))
-    model_task(loaded.spec, task, f"{option} {path}:")
-    return loaded
+def load_for_task(path: str | Path, task: str | Path | Task | None, option: str, trust_remote_code: bool = False,
+                  defaults: InputSpec | None = None) -> ModelDir:
+    """A fine-tuned classifier for `task`, refused (naming `option`) when it was trained for another task.
+
+    A directory codekd did not write (any HF classifier, or a peft adapter) is accepted when `defaults`
+    says how to prepare its inputs; its labels are matched to the task's by name.
+    """
+    return ModelDir(*load_classifier(path, task, option, defaults, trust_remote_code), Path(path))
+
+
+def foreign_inputs(task: str | Path | Task, whitespace: str = "collapse", truncation: str = "head") -> InputSpec:
+    """How a classifier trained elsewhere sees its inputs: the run's whitespace and truncation modes, up to
+    512 tokens (less when its tokenizer says so)."""
+    t = get_task(task)
+    return InputSpec(t.name, 512, whitespace, False, truncation, task_def=t.to_dict())
 
 
 LABELLED_TERMS = {"dkd"}  # methods whose distillation terms use the gold label (DKD's target class)
@@ -236,6 +246,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         raise ValueError(f"--align {align!r}: expected one of {', '.join(ALIGN)}")
     if align == "offsets" and any(t.spec.whitespace != spec.whitespace for t in teachers):
         raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
+    configure(model, tokenizer, spec)
     method = get_method(method_name)(shape_of(model), shape_of(teachers[0].model) if teachers else None, **hparams)
     check_teachers(method, len(teachers))
     check_config(cfg, task, len(teachers))
@@ -296,6 +307,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
             if (work / TENSORBOARD_DIR).is_dir():
                 shutil.copytree(work / TENSORBOARD_DIR, tmp / TENSORBOARD_DIR)
             write_json(tmp / METRICS, metrics)
+            write_card(tmp, metrics, config, out.name)
             (tmp / RUN_CONFIG).write_text(yaml.safe_dump(
                 {"config": config, "train": asdict(cfg), "hparams": method.hp,
                  "environment": {**environment(), "processes": state.num_processes}}, sort_keys=True))
@@ -316,7 +328,7 @@ def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, 
     check_new_output(out)
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
-    net, tok = load_pretrained_encoder(str(model), t, trust_remote_code)
+    net, tok = load_pretrained_encoder(str(model), t, "--model", trust_remote_code)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
     spec = InputSpec(t.name, max_input_length(tok, max_length), whitespace, prefix, truncation, task_def=t.to_dict())
     with _run_guard(out):
@@ -335,15 +347,25 @@ def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -
     return replace(spec, vocab_size=vocab_size)
 
 
-def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, Any] | StudentSpec,
-            vocab: str | Path, method: str, out: str | Path, cfg: TrainConfig,
+def student_dir(student: str | Path | dict[str, Any] | StudentSpec) -> Path | None:
+    """`student` as a pre-trained model directory (or hub id), None for a preset or a custom shape."""
+    if isinstance(student, Path):
+        return student
+    if isinstance(student, str) and student not in PRESETS and (Path(student).exists() or "/" in student):
+        return Path(student)
+    return None
+
+
+def distill(task: str | Path | Task, data: str | Path, student: str | Path | dict[str, Any] | StudentSpec,
+            vocab: str | Path | None, method: str, out: str | Path, cfg: TrainConfig,
             teacher: str | Path | Sequence[str | Path] | None = None,
             max_length: int = 512, whitespace: str = "collapse", hparams: dict[str, Any] | None = None,
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
             align: str = "position", truncation: str = "head",
             cache: CacheOptions | None = None, trust_remote_code: bool = False,
             transfer: str | Path | None = None) -> dict[str, Any]:
-    """Train a student (preset name or `StudentSpec`) with its own vocabulary, by `method`.
+    """Train a student by `method`: a preset name or `StudentSpec` with its own vocabulary (`vocab`), or a
+    pre-trained HF encoder directory with its own tokenizer (then `vocab` is None; it gets a new head).
 
     `transfer` is unlabelled code (`codekd.data.unlabelled`) added to the training split: the teacher
     labels it (through the cache), the method's distillation terms run over every example and its label
@@ -359,16 +381,25 @@ def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, 
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, str | Path) else list(teacher)
     t = get_task(task)
     out = Path(out)
-    tok = load_tokenizer(vocab, trust_remote_code)
-    spec_s = student_spec(student, len(tok))
+    pretrained = student_dir(student)
+    if (pretrained is None) == (vocab is None):
+        raise ValueError("--vocab is needed with a student preset or shape, and not with a --student directory "
+                         "(it brings its own tokenizer)" if pretrained is None else
+                         f"--vocab {vocab}: a --student directory brings its own tokenizer; drop --vocab")
+    spec_s = None
+    if pretrained is None:
+        tok = load_tokenizer(vocab, trust_remote_code)
+        spec_s = student_spec(student, len(tok))
+    kind = spec_s.kind if spec_s else "roberta"
     hparams = dict(hparams or {})
     if cfg.study_compat:
-        train_settings, method_settings = study_settings(method, spec_s.kind)
+        train_settings, method_settings = study_settings(method, kind)
         cfg, hparams = replace(cfg, **train_settings), {**hparams, **method_settings}
-    if cfg.gru_over_pads and spec_s.kind != "gru":
-        raise ValueError(f"--gru-over-pads needs a BiGRU student, not {spec_s.name or spec_s.kind!r}")
-    config = {"command": "distill", **task_record(t), "data": str(data), "student": asdict(spec_s),
-              "vocab": str(vocab), "method": method, "teachers": [str(t) for t in teachers],
+    if cfg.gru_over_pads and kind != "gru":
+        raise ValueError(f"--gru-over-pads needs a BiGRU student, not {student!r}")
+    config = {"command": "distill", **task_record(t), "data": str(data),
+              "student": str(pretrained) if pretrained else asdict(spec_s),
+              "vocab": None if vocab is None else str(vocab), "method": method, "teachers": [str(t) for t in teachers],
               "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
               "truncation": truncation, **asdict(cfg), **({"transfer": str(transfer)} if transfer else {})}
@@ -386,15 +417,21 @@ def distill(task: str | Path | Task, data: str | Path, student: str | dict[str, 
         splits["train"] = splits["train"] + extra
         console.print(f"transfer set: {len(extra)} unlabelled examples beside {len(splits['train']) - len(extra)} "
                       "labelled ones", highlight=False)
-    loaded = [load_for_task(path, t, "--teacher", trust_remote_code) for path in teachers]
+    loaded = [load_for_task(path, t, "--teacher", trust_remote_code, foreign_inputs(t, whitespace, truncation))
+              for path in teachers]
     set_seed(cfg.seed)
-    net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
-    if spec_s.kind == "gru":
-        net.config.run_over_pads = cfg.gru_over_pads
-    net.config.id2label = dict(enumerate(t.labels))
-    net.config.label2id = {v: k for k, v in net.config.id2label.items()}
+    if pretrained is None:
+        net = build_student(spec_s, len(t.labels), max_positions=max_length + 2)
+        if spec_s.kind == "gru":
+            net.config.run_over_pads = cfg.gru_over_pads
+        net.config.id2label = dict(enumerate(t.labels))
+        net.config.label2id = {v: k for k, v in net.config.id2label.items()}
+    else:
+        net, tok = load_pretrained_encoder(pretrained, t, "--student", trust_remote_code)
+        max_length = max_input_length(tok, max_length)
     spec = InputSpec(t.name, max_length, whitespace, unixcoder_prefix=False, truncation=truncation,
-                     extra={"student": spec_s.name, **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})},
+                     extra={"student": str(pretrained) if pretrained else spec_s.name,
+                            **({"pad_to_max_length": True} if cfg.pad_to_max_length else {})},
                      task_def=t.to_dict())
     with _run_guard(out):
         return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights,
@@ -413,7 +450,7 @@ def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     examples = load_split(t, data, split, whitespace="keep")
-    loaded = load_for_task(teacher, t, "--teacher", trust_remote_code)
+    loaded = load_for_task(teacher, t, "--teacher", trust_remote_code, foreign_inputs(t))
     prepare(loaded.model, needs)
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
@@ -432,7 +469,8 @@ def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: 
         check_new_output(out, force)
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-    model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code)
+    model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code,
+                                        None if task is None else foreign_inputs(task))
     t = spec.get_task()
     examples = load_split(t, data, split, whitespace="keep")
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)},

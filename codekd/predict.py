@@ -34,7 +34,7 @@ from codekd.data.readers import InvalidRecord, record_inputs
 from codekd.data.text import decode_text, open_binary, parse_json, raw_lines, read_text
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, model_task, pad_batch
 from codekd.models.adapters import run_frozen
-from codekd.models.teacher import load_model_dir
+from codekd.models.teacher import check_source, load_model_dir
 from codekd.trust import TrustRemoteCode
 
 hf_logging.disable_progress_bar()  # per-file load bars on stderr would mix with --skip-bad's reports
@@ -136,6 +136,7 @@ class Predictor:
 
         `threads` is ONNX Runtime's intra-op thread count; PyTorch uses `torch.get_num_threads()`.
         """
+        check_source(model_dir, "--model")
         model_dir = Path(model_dir)
         if (model_dir / ONNX_FILE).is_file():
             forward = onnx_forward(ort_session(model_dir / ONNX_FILE, threads))

@@ -220,7 +220,7 @@ def test_teacher_from_modernbert(small_exception, small_vocab, tmp_path):
 
 def test_focus_truncation_keeps_the_hole(small_vocab):
     from codekd.data import Example
-    from codekd.encoding import focus_window
+    from codekd.hub.codekd_text import focus_window
 
     tok = AutoTokenizer.from_pretrained(small_vocab)
     hole = "    try:\n        g()\n    except __HOLE__:\n        pass\n"

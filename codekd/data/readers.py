@@ -34,6 +34,7 @@ from typing import Any
 
 from codekd.data.tasks import Task, get_task
 from codekd.data.text import DataError, file_kind, json_lines, parse_json, read_text, regular_file, shown, text_lines
+from codekd.hub.codekd_text import collapse_whitespace
 
 SPLITS = ("train", "valid", "test")
 WHITESPACE = ("collapse", "keep")
@@ -58,7 +59,7 @@ def normalize_code(code: str, whitespace: str) -> str:
     """Apply the whitespace policy: "collapse" joins all tokens with single spaces, as the study does
     (it fits more code into the model's window); "keep" returns the code unchanged."""
     _check(whitespace, WHITESPACE, "whitespace mode")
-    return " ".join(code.split()) if whitespace == "collapse" else code
+    return collapse_whitespace(code) if whitespace == "collapse" else code
 
 
 def load_split(

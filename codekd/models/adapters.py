@@ -4,6 +4,10 @@ Methods never touch a model's modules; they receive `Outputs`. Hidden states fol
 conventions: for transformers, layer 0 is the embedding output and layers 1..L the blocks; for the
 BiGRU student, layers 1..L are the GRU layers (no embedding entry) and its per-layer first-token
 vectors are the per-layer final states (forward ‖ backward), as in the study's PKD for BiGRU.
+
+Decoder-only classifiers (Qwen2, Llama, GPT-2 … `ForSequenceClassification`) classify from their last
+token, so their per-layer "first-token" vectors are taken at the last real token of each row; they get
+position ids counted over real tokens, so a left- or right-padded row gives its unpadded outputs.
 """
 
 from __future__ import annotations
@@ -57,6 +61,41 @@ def is_gru(model: nn.Module) -> bool:
     return getattr(unwrap(model).config, "model_type", "") == "bigru"
 
 
+def is_decoder_only(model: nn.Module) -> bool:
+    """A causal LM family (Qwen2, Llama, GPT-2, …): it has a causal-LM class and no masked-LM one."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(unwrap(model).config, "model_type", "")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def last_real_token(mask: Tensor) -> Tensor:
+    """Index of each row's last real token, for left and right padding alike (the rightmost 1 of `mask`)."""
+    positions = torch.arange(mask.size(1), device=mask.device)
+    return (positions * mask.to(positions.dtype)).argmax(-1)
+
+
+def reorder_labels(model: nn.Module, order: list[int]) -> None:
+    """Permute a classifier's output classes in place: new class i is old class `order[i]`.
+
+    The head is the model's last `nn.Linear` with one output per class (`classifier.out_proj` of
+    RoBERTa, `score` of the decoder-only classifiers, `classifier` of BERT).
+    """
+    if order == list(range(len(order))):
+        return
+    heads = [m for m in unwrap(model).modules() if isinstance(m, nn.Linear) and m.out_features == len(order)]
+    if not heads:
+        raise ValueError(f"no output layer with {len(order)} classes found to reorder")
+    head, index = heads[-1], torch.tensor(order)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[index])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[index])
+
+
 def shape_of(model: nn.Module) -> ModelShape:
     """Layers and widths; the GRU's features are bidirectional (2H)."""
     cfg = unwrap(model).config
@@ -74,6 +113,9 @@ def run(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str] = ("
     if "attentions" in needs and is_gru(model):
         raise ValueError("a BiGRU student has no attention maps")
     hidden = bool({"hidden_states", "first_token"} & set(needs))
+    decoder = is_decoder_only(model)
+    if decoder:
+        inputs = {**inputs, "position_ids": (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)}
     out = model(**inputs, output_hidden_states=hidden, output_attentions="attentions" in needs,
                 return_dict=True)
     res = Outputs(logits=out.logits, mask=inputs["attention_mask"])
@@ -81,6 +123,9 @@ def run(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str] = ("
         res.hidden_states = tuple(out.hidden_states)
         if is_gru(model):
             res.first_token = tuple(out.final_states)
+        elif decoder:
+            rows, last = torch.arange(res.mask.size(0), device=res.mask.device), last_real_token(res.mask)
+            res.first_token = tuple(h[rows, last] for h in out.hidden_states)
         else:
             res.first_token = tuple(h[:, 0] for h in out.hidden_states)
     if "attentions" in needs:

@@ -16,7 +16,10 @@ Two deliberate differences from the study's code, neither of which changes the p
   one multi-layer ``nn.GRU``, so that every layer's outputs and final states are available for
   feature-based distillation (PKD uses the final states, CKD the per-token outputs).
 
-Importing this module registers ``"bigru"`` with ``AutoConfig`` and ``AutoModelForSequenceClassification``.
+This file imports only torch and transformers: codekd copies it into every BiGRU run directory as
+``modeling_bigru.py`` (named by ``auto_map`` in ``config.json``), so plain transformers loads the model
+with ``trust_remote_code=True``. Importing this module registers ``"bigru"`` with ``AutoConfig`` and
+``AutoModelForSequenceClassification``, so codekd loads it without running that copy.
 """
 
 from dataclasses import dataclass
@@ -24,12 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 

@@ -1,0 +1,78 @@
+"""Run directories work without codekd: plain transformers loads them (the BiGRU through its copied modeling
+file), their pipeline predicts what `codekd predict` does, and each carries a model card."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from codekd.data import load_split
+from codekd.models import custom_spec
+from codekd.pipeline import distill
+from codekd.predict import Predictor
+from codekd.train import TrainConfig
+
+STUDENTS = {"roberta": custom_spec("roberta", 400, 16, 2, 2, 32), "gru": custom_spec("gru", 400, 16, 2)}
+MAX_LENGTH = 32  # far below most test functions, so truncation and the __HOLE__ window both matter
+
+PLAIN_TRANSFORMERS = r"""
+import json, sys
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+run_dir, inputs = sys.argv[1], json.load(open(sys.argv[2]))
+try:
+    pipeline("text-classification", model=run_dir)
+    refused = None
+except ValueError as e:
+    refused = str(e)
+clf = pipeline("text-classification", model=run_dir, trust_remote_code=True)
+model = AutoModelForSequenceClassification.from_pretrained(run_dir, trust_remote_code=True)
+tok = AutoTokenizer.from_pretrained(run_dir)
+print(json.dumps({"labels": [r["label"] for r in clf(inputs, batch_size=1)], "class": type(model).__name__,
+                  "refused": refused, "max_length": tok.model_max_length, "side": tok.truncation_side,
+                  "collapsed": tok("a \n\t  b")["input_ids"] == tok("a b")["input_ids"],
+                  "codekd_imported": any(m.split(".")[0] == "codekd" for m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module", params=list(STUDENTS))
+def run_dir(request, small_exception, small_vocab, tiny_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rundir") / request.param
+    distill("exception", small_exception, STUDENTS[request.param], small_vocab, "kd", out,
+            TrainConfig(epochs=1, lr=3e-3, batch_size=16), teacher=tiny_teacher, max_length=MAX_LENGTH,
+            truncation="focus")
+    return out
+
+
+def test_pipeline_equals_codekd_predict_without_codekd(run_dir, small_exception, tmp_path):
+    codes = [ex.code for ex in load_split("exception", small_exception, "test", whitespace="keep")]
+    predictor = Predictor.from_pretrained(run_dir)
+    assert sum(len(predictor.tokenizer(c)["input_ids"]) > MAX_LENGTH for c in codes) > len(codes) // 2
+    expected = [r["label"] for r in predictor(codes)]
+    (tmp_path / "inputs.json").write_text(json.dumps(codes))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(run_dir), str(tmp_path / "inputs.json")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["labels"] == expected
+    assert not got["codekd_imported"]
+    assert "trust_remote_code" in got["refused"]  # without the flag: transformers' own one-line refusal
+    assert got["max_length"] == MAX_LENGTH and got["side"] == "right" and got["collapsed"]
+    kind = "BiGRU" if (run_dir / "modeling_bigru.py").exists() else "Roberta"
+    assert got["class"] == f"{kind}ForSequenceClassification"
+
+
+def test_model_card_has_the_runs_figures_in_model_index(run_dir):
+    from huggingface_hub import ModelCard
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = ModelCard.load(run_dir / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {k: round(v, 6) for k, v in metrics["model"].items() if k != "n"}
+    assert card.data.eval_results[0].dataset_type == "exception"
+    text = card.text
+    assert f"{metrics['parameters']:,}" in text and f"{100 * metrics['retention']:.1f} %" in text
+    assert "**Method:** `kd`" in text and "**Teacher:**" in text and "licence:" in text
