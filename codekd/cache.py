@@ -335,7 +335,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
         return None
     if size + FREE_MARGIN > free:
         console.print(f"teacher cache: needs {size / 2**30:.2f} GiB, only {free / 2**30:.2f} GiB free on "
-                      f"{path.parent} (keeping {FREE_MARGIN // 2**20} MiB spare): the teacher runs live")
+                      f"{path.parent} (keeping {FREE_MARGIN // 2**20} MiB spare): the teacher runs live",
+                      soft_wrap=True)  # one line, however long the path
         return None
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -38,6 +38,7 @@ from codekd.data.unlabelled import load_unlabelled
 from codekd.device import process_state, teacher_precision
 from codekd.diagnostics import collapse_diagnostic, method_diagnostics, soft_target_diagnostic
 from codekd.encoding import (
+    SPEC_FILE,
     EncodedData,
     InputSpec,
     align_by_offsets,
@@ -469,8 +470,9 @@ def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: 
         check_new_output(out, force)
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    foreign = task is not None and not (Path(model_dir) / SPEC_FILE).is_file()  # a custom task's name suffices here
     model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code,
-                                        None if task is None else foreign_inputs(task))
+                                        foreign_inputs(task) if foreign else None)
     t = spec.get_task()
     examples = load_split(t, data, split, whitespace="keep")
     data_ = EncodedData([ex.label for ex in examples], {"student": encode_view(tok, examples, spec)},

@@ -20,12 +20,18 @@ TrustRemoteCode = Annotated[bool, typer.Option(
                                 "you trust")]
 
 
+class RemoteCodeRefused(ValueError):
+    """A directory that needs its own Python code, loaded without `--trust-remote-code` (one line)."""
+
+
 def from_pretrained(loader: Any, source: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(source, **kwargs)` (an Auto class), refusing custom code in one line (ValueError)."""
+    """`loader.from_pretrained(source, **kwargs)` (an Auto class, or any class with that method), refusing
+    custom code in one line (`RemoteCodeRefused`)."""
     try:
         return loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except ValueError as e:
         if trust_remote_code or "trust_remote_code" not in str(e):
             raise
-        raise ValueError(f"{source}: refused: the model directory holds its own Python code (auto_map), which codekd "
-                         "does not run; pass --trust-remote-code to run it, if you trust its author") from None
+        raise RemoteCodeRefused(f"{source}: refused: the model directory holds its own Python code (auto_map), "
+                                "which codekd does not run; pass --trust-remote-code to run it, if you trust its "
+                                "author") from None

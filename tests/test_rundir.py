@@ -30,7 +30,7 @@ except ValueError as e:
 clf = pipeline("text-classification", model=run_dir, trust_remote_code=True)
 model = AutoModelForSequenceClassification.from_pretrained(run_dir, trust_remote_code=True)
 tok = AutoTokenizer.from_pretrained(run_dir)
-print(json.dumps({"labels": [r["label"] for r in clf(inputs, batch_size=1)], "class": type(model).__name__,
+print("\nRESULT", json.dumps({"labels": [r["label"] for r in clf(inputs, batch_size=1)], "class": type(model).__name__,
                   "refused": refused, "max_length": tok.model_max_length, "side": tok.truncation_side,
                   "collapsed": tok("a \n\t  b")["input_ids"] == tok("a b")["input_ids"],
                   "codekd_imported": any(m.split(".")[0] == "codekd" for m in sys.modules)}))
@@ -54,9 +54,11 @@ def test_pipeline_equals_codekd_predict_without_codekd(run_dir, small_exception,
     (tmp_path / "inputs.json").write_text(json.dumps(codes))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     done = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(run_dir), str(tmp_path / "inputs.json")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # without the flag, transformers asks "Do you wish to run the custom code? [y/N]" on stdout (no newline)
+    # before it refuses a directory with auto_map (the BiGRU); the result is the line marked RESULT
+    got = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert got["labels"] == expected
     assert not got["codekd_imported"]
     assert "trust_remote_code" in got["refused"]  # without the flag: transformers' own one-line refusal

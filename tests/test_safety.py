@@ -77,7 +77,7 @@ def _model_dir(path: Path, vocab: Path, model_type: str, code_marker: Path) -> P
     from codekd.models import build_student, custom_spec
 
     if model_type == "bigru":
-        build_student(custom_spec("gru", 400, 16, 1), 2).save_pretrained(path)
+        build_student(custom_spec("gru", 400, 16, 1), 20).save_pretrained(path)  # the 20 exception classes
     else:
         path.mkdir()
         (path / "config.json").write_text(json.dumps({"model_type": model_type}))

@@ -12,7 +12,9 @@ label names by name and its head reordered to the task's order), or a `peft` ada
 a base model (merged into it). Decoder-only classifiers get a pad token when their tokenizer has none.
 
 Every failure to load is a `LoadError`: one line naming the option and the source (the CLI prints it
-and exits with status 2). Nothing here runs code from a model directory unless `trust_remote_code`.
+and exits with status 2). Every `from_pretrained` goes through `codekd.trust`, so nothing here runs code
+from a model directory unless `trust_remote_code` (codekd's own BiGRU is a registered, installed class:
+its run directories' `auto_map` is never followed inside codekd).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import codekd.models.bigru  # noqa: F401  (registers the BiGRU student with the 
 from codekd.data import Task
 from codekd.encoding import SPEC_FILE, InputSpec, load_tokenizer, model_task
 from codekd.models.adapters import reorder_labels
+from codekd.trust import RemoteCodeRefused, from_pretrained
 
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -56,13 +59,12 @@ def _loading(option: str, source: str | Path, what: str = "it") -> Iterator[None
         yield
     except LoadError:
         raise
+    except RemoteCodeRefused as e:  # trust.py's line names the directory and the flag
+        raise LoadError(str(e)) from None
     except ImportError as e:
         raise LoadError(f"{where}: {_first_line(e)}") from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         text = str(e)
-        if "trust_remote_code" in text:
-            raise LoadError(f"{where}: its config.json asks to run code from the directory (auto_map); rerun "
-                            "with --trust-remote-code if you trust that code") from None
         if text.startswith("Unrecognized configuration class"):
             kind = re.search(r"configuration_(\w+)\.", text)
             raise LoadError(f"{where}: not a sequence classifier (transformers has no "
@@ -100,10 +102,9 @@ def load_pretrained_encoder(name_or_dir: str | Path, task: Task, option: str = "
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
         with _loading(option, name_or_dir):
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(name_or_dir), num_labels=len(labels), id2label=labels,
-                label2id={v: k for k, v in labels.items()}, ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code)
+            model = from_pretrained(
+                AutoModelForSequenceClassification, name_or_dir, trust_remote_code, num_labels=len(labels),
+                id2label=labels, label2id={v: k for k, v in labels.items()}, ignore_mismatched_sizes=True)
         with _loading(option, name_or_dir, "its tokenizer"):
             tokenizer = load_tokenizer(name_or_dir, trust_remote_code)
     finally:
@@ -164,20 +165,19 @@ def _load_adapter(path: Path, task: Task, option: str, trust_remote_code: bool
         base = _adapter_base(path)
     check_source(base, f"{option} {path}: its base model")
     with _loading(option, path):
-        config = AutoConfig.from_pretrained(str(path if (path / "config.json").is_file() else base),
-                                            trust_remote_code=trust_remote_code)
+        config = from_pretrained(AutoConfig, path if (path / "config.json").is_file() else base, trust_remote_code)
         id2label = config.id2label
         if len(id2label) != len(task.labels) and all(_GENERIC_LABEL.fullmatch(n) for n in id2label.values()):
             id2label = {i: f"LABEL_{i}" for i in range(len(task.labels))}
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the base's head is reported "newly initialised": the adapter brings it
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                trust_remote_code=trust_remote_code)
+            model = from_pretrained(AutoModelForSequenceClassification, base, trust_remote_code,
+                                    num_labels=len(id2label), id2label=id2label,
+                                    label2id={v: k for k, v in id2label.items()})
         finally:
             hf_logging.set_verbosity(verbosity)
-        model = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        model = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()  # weights only, no code
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     with _loading(option, path, "its tokenizer"):
         tokenizer = load_tokenizer(path if has_tokenizer else base, trust_remote_code)
@@ -209,7 +209,7 @@ def load_classifier(source: str | Path, task: Task | str | None = None, option: 
         if not (path / "config.json").is_file():
             raise LoadError(f"{option} {source}: no config.json (nor {ADAPTER_CONFIG}): not a model directory")
         with _loading(option, source):
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code)
         with _loading(option, source, "its tokenizer"):
             tokenizer = load_tokenizer(path, trust_remote_code)
     reorder_labels(model, label_order(model.config.id2label, task, f"{option} {source}"))
