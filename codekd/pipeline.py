@@ -129,8 +129,9 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
         raise FileExistsError(f"{work}: an unfinished run is there; add --resume to continue it, or delete it")
     if resume and saved.exists():
         before = yaml.safe_load(saved.read_text())["config"]
-        if before != config:
-            changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+        defaults = asdict(TrainConfig())  # an option a newer codekd added, left at its default, changes nothing
+        changed = sorted(k for k in set(before) | set(config) if before.get(k, defaults.get(k)) != config.get(k))
+        if changed:
             raise ValueError(f"--resume: {saved} was started with different options: {', '.join(changed)}")
     state = process_state()
     state.wait_for_everyone()

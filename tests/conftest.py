@@ -1,6 +1,7 @@
 """Test-wide setup: one CPU thread (small models run faster and deterministically that way) and no
 Hugging Face network access; `shared_data` points at the project's shared real datasets when present."""
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -72,3 +73,23 @@ def tiny_teacher(small_exception, tiny_encoder, tmp_path_factory) -> Path:
     train_teacher("exception", small_exception, str(tiny_encoder), out,
                   TrainConfig(epochs=1, lr=1e-3, batch_size=16), max_length=64)
     return out
+
+
+@pytest.fixture
+def killed_after_first_checkpoint(monkeypatch):
+    """A context in which a run dies (KeyboardInterrupt) right after writing its first checkpoint."""
+    import codekd.train as train_mod
+
+    @contextlib.contextmanager
+    def killed():
+        real = train_mod._save_checkpoint
+
+        def save_then_die(path, state):
+            real(path, state)
+            raise KeyboardInterrupt("killed after epoch 1")
+
+        with monkeypatch.context() as m:
+            m.setattr(train_mod, "_save_checkpoint", save_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                yield
+    return killed

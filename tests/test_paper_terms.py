@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from codekd import losses
-from codekd import train as train_mod
 from codekd.methods import get_method
 from codekd.methods.dkd import DecoupledKD
 from codekd.models import custom_spec
@@ -59,22 +58,15 @@ def test_set_epoch_reaches_combo_parts() -> None:
 
 
 def test_the_loop_tells_the_method_its_epoch_also_after_resume(small_exception, small_vocab, tiny_teacher,
-                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               killed_after_first_checkpoint) -> None:
     epochs: list[int] = []
     real_forward = DecoupledKD.forward
     monkeypatch.setattr(DecoupledKD, "forward", lambda self, *a: epochs.append(self.epoch) or real_forward(self, *a))
     args = ("exception", small_exception, custom_spec("gru", 400, 16, 1), small_vocab, "dkd", tmp_path / "r",
             TrainConfig(epochs=2, lr=1e-3, batch_size=32, seed=1))
-    real_save = train_mod._save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    with monkeypatch.context() as m:
-        m.setattr(train_mod, "_save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            distill(*args, teacher=tiny_teacher, max_length=32, hparams={"warmup_epochs": 2.0})
+    with killed_after_first_checkpoint():
+        distill(*args, teacher=tiny_teacher, max_length=32, hparams={"warmup_epochs": 2.0})
     assert epochs == [1, 1, 1]  # 96 functions, batch 32
     epochs.clear()
     distill(*args, teacher=tiny_teacher, max_length=32, hparams={"warmup_epochs": 2.0}, resume=True)

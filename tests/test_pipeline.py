@@ -4,10 +4,12 @@ bad inputs and atomic outputs."""
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from codekd import train as train_mod
@@ -66,25 +68,14 @@ def test_student_end_to_end(small_exception, small_vocab, tiny_teacher, tmp_path
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == again["metrics"]
 
 
-def _kill_after_first_checkpoint(monkeypatch):
-    real = train_mod._save_checkpoint
-
-    def save_then_die(path, state):
-        real(path, state)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
-
-
-def test_resume_after_kill_gives_same_result(small_exception, small_vocab, tiny_teacher, tmp_path, monkeypatch):
+def test_resume_after_kill_gives_same_result(small_exception, small_vocab, tiny_teacher, tmp_path,
+                                             killed_after_first_checkpoint):
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=7)
     args = ("exception", small_exception, TINY_ROBERTA, small_vocab, "kd")
     whole = distill(*args, tmp_path / "whole", cfg, teacher=tiny_teacher, max_length=64)
 
-    with monkeypatch.context() as m:
-        _kill_after_first_checkpoint(m)
-        with pytest.raises(KeyboardInterrupt):
-            distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64)
+    with killed_after_first_checkpoint():
+        distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64)
     assert not (tmp_path / "killed").exists()
     assert (tmp_path / "killed.partial" / "checkpoint.pt").exists()
     with pytest.raises(FileExistsError, match="--resume"):
@@ -92,6 +83,14 @@ def test_resume_after_kill_gives_same_result(small_exception, small_vocab, tiny_
     with pytest.raises(ValueError, match="different options: lr"):
         distill(*args, tmp_path / "killed", TrainConfig(epochs=2, lr=5e-4, batch_size=16, seed=7),
                 teacher=tiny_teacher, max_length=64, resume=True)
+    saved = tmp_path / "killed.partial" / "run.yaml"  # as a codekd without --weight-decay/--logging-steps wrote it
+    record = yaml.safe_load(saved.read_text())
+    for option in ("weight_decay", "logging_steps"):
+        del record["config"][option]
+    saved.write_text(yaml.safe_dump(record))
+    with pytest.raises(ValueError, match="different options: weight_decay$"):
+        distill(*args, tmp_path / "killed", replace(cfg, weight_decay=0.01), teacher=tiny_teacher, max_length=64,
+                resume=True)
     resumed = distill(*args, tmp_path / "killed", cfg, teacher=tiny_teacher, max_length=64, resume=True)
     assert resumed["model"] == whole["model"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]

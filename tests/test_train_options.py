@@ -136,19 +136,11 @@ def test_refused_option_leaves_nothing(option, small_exception, small_vocab, tin
     assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_is_exact_with_the_log(small_exception, small_vocab, tmp_path, monkeypatch):
+def test_resume_is_exact_with_the_log(small_exception, small_vocab, tmp_path, killed_after_first_checkpoint):
     options = {"lr_scheduler_type": "cosine", "weight_decay": 0.01, "logging_steps": 4, "report_to": "tensorboard"}
     whole = _ft(small_exception, small_vocab, tmp_path / "whole", **options)
-    real = train_mod._save_checkpoint
-
-    def save_then_die(path, state):
-        real(path, state)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    with monkeypatch.context() as m:
-        m.setattr(train_mod, "_save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            _ft(small_exception, small_vocab, tmp_path / "killed", **options)
+    with killed_after_first_checkpoint():
+        _ft(small_exception, small_vocab, tmp_path / "killed", **options)
     with (tmp_path / "killed.partial" / LOG_FILE).open("a") as f:
         f.write("13,1.5,9.9,0.1,,,,\n")  # a row of an unfinished epoch: resuming drops it
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16, **options)
