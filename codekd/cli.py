@@ -83,7 +83,7 @@ def _load_config(path: Path | None) -> dict[str, Any]:
 
 def _train_config(cfg: dict[str, Any]):
     """A TrainConfig from the given options that it knows; the rest keep their defaults."""
-    from codekd.train import TrainConfig, train_options
+    from codekd.train_config import TrainConfig, train_options
 
     keys = TrainConfig.__dataclass_fields__
     return TrainConfig(**train_options({k: v for k, v in cfg.items() if k in keys and v is not None}))

@@ -25,7 +25,7 @@ from rich.table import Table  # noqa: E402
 from codekd.data import demo_data_dir  # noqa: E402
 from codekd.io import atomic_dir, write_json  # noqa: E402
 from codekd.pipeline import distill, make_vocab, read_metrics, train_teacher  # noqa: E402
-from codekd.train import TrainConfig  # noqa: E402
+from codekd.train_config import TrainConfig  # noqa: E402
 
 console = Console()
 

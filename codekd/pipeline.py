@@ -64,18 +64,16 @@ from codekd.rundir import configure, copy_code, write_card
 from codekd.train import (
     CHECKPOINT,
     FAILURE,
-    TrainConfig,
     align_view,
-    check_config,
     check_teachers,
     console,
     evaluate,
     fit,
     logits_of,
-    micro_batch_size,
     normalized_weights,
     teacher_view,
 )
+from codekd.train_config import TrainConfig, check_config, micro_batch_size
 from codekd.trainlog import LOG_FILE, TENSORBOARD_DIR
 from codekd.trust import from_pretrained
 from codekd.vocab import save_vocab, train_vocab, training_texts

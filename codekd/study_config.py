@@ -21,7 +21,7 @@ from codekd.data import Task, demo_data_dir, get_task
 from codekd.data.tasks import is_task_file, task_record
 from codekd.methods import get_method
 from codekd.models import get_preset
-from codekd.train import TrainConfig, check_config, train_options
+from codekd.train_config import TrainConfig, check_config, train_options
 
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
        "methods", "train", "efficiency", "cache", "vocab_size", "study_compat")

@@ -25,7 +25,8 @@ from codekd.cache import MANIFEST, TeacherCache
 from codekd.device import teacher_device
 from codekd.models import custom_spec
 from codekd.pipeline import CacheOptions, cache_teacher, distill, read_metrics
-from codekd.train import TrainConfig, micro_batch_size, micro_batches
+from codekd.train import micro_batches
+from codekd.train_config import TrainConfig, micro_batch_size
 
 STUDENT = {"kind": "roberta", "hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
            "dropout": 0.0}
