@@ -2,8 +2,9 @@
 
 The result records of a study (`results*.jsonl`, read by `codekd.study.read_results`) are grouped once into
 cells — one per (task, teacher, student, method), the teacher's own runs with student None — and every output
-is rendered from those cells: `tables.md`, `tables.tex`, `results.csv`, three PNG plots and a self-contained
-`index.html`. A score is the record's headline metric in %, mean ± sample std over seeds. A method is compared
+is rendered from those cells: `tables.md`, `tables.tex`, `results.csv`, `claims.md` (the study's claims tested
+here, `codekd.claims`), three PNG plots and a self-contained `index.html`. A score is the record's headline
+metric in %, mean ± sample std over seeds. A method is compared
 with FT on the same (task, teacher, student) by a paired t-test over the seeds both ran, because seeds fix the
 data order and initialisation that both runs share.
 """
@@ -14,8 +15,6 @@ import base64
 import csv
 import html
 import math
-import statistics
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,14 +27,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
-from scipy.stats import ttest_rel  # noqa: E402
 
+from codekd.claims import claims  # noqa: E402
+from codekd.claims import to_markdown as claims_markdown  # noqa: E402
 from codekd.io import atomic_dir, check_new_output  # noqa: E402
+from codekd.stats import ALPHA, mean_std, paired_test  # noqa: E402
 from codekd.study import read_results  # noqa: E402
 
 METHOD_ORDER = ("ft", "kd", "dist", "pkd", "ckd")  # the study's order; other methods follow alphabetically
 TASK_ORDER = ("defect", "clone", "exception")
-ALPHA = 0.05
 DAGGER = "†"
 MISSING = "–"  # no run for this cell
 NO_TEACHER = "none"  # the group of a study without teachers (FT only): no reference row, no retention
@@ -51,33 +51,8 @@ def _rank(value: str, preferred: tuple[str, ...]) -> tuple[int, str]:
     return (preferred.index(value), "") if value in preferred else (len(preferred), value)
 
 
-def mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1); std is None with fewer than two values."""
-    values = list(values)
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def _mean(values: Iterable[float | None]) -> float | None:
     return mean_std(v for v in values if v is not None)[0]
-
-
-def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float | None]:
-    """(number of common seeds, paired t-test p-value of a vs b over them); p is None below two pairs.
-
-    Identical differences make the t statistic NaN: p is then 1.0 when they are all zero, else 0.0.
-    """
-    seeds = sorted(a.keys() & b.keys())
-    if len(seeds) < 2:
-        return len(seeds), None
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision-loss warning on near-equal data
-        p = float(ttest_rel(x, y).pvalue)
-    if math.isnan(p):
-        p = 1.0 if x == y else 0.0
-    return len(seeds), p
 
 
 @dataclass
@@ -498,6 +473,7 @@ def build_report(study_dir: Path, out: Path | None = None, force: bool = False) 
             writer = csv.DictWriter(f, CSV_FIELDS)
             writer.writeheader()
             writer.writerows(csv_rows(cells))
+        (tmp / "claims.md").write_text(claims_markdown(claims(cells)), encoding="utf-8")
         write_plots(cells, tmp)
         (tmp / "index.html").write_text(_page(title, summary(records), tables, tmp), encoding="utf-8")
     return out

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from codekd.cli import app
 from codekd.data import DataError
-from codekd.report import aggregate, build_report, paired_test
+from codekd.report import aggregate, build_report
+from codekd.stats import paired_test
 
 TEACHER = "minilm_l6"  # an underscore, to check LaTeX escaping
 TEACHER_ACC = 0.60

@@ -1,0 +1,126 @@
+"""The study's three headline claims, tested on a study's own results (`claims.md` in its report).
+
+The study (arXiv 2508.15423) reports that (a) knowledge distillation beats fine-tuning for every student
+kind, (b) feature-based distillation does at least as well as logit-based distillation, and (c) a student
+of about 5 % of the teacher's size keeps ≥ 90 % of its quality. These are checked here the same way on any
+grid codekd ran, with a paired t-test over the seeds two rows share (seeds fix data order and
+initialisation, which both rows use):
+
+- (a) per student: every vanilla-KD row (base method `kd`, no transfer set) against FT; the claim holds for
+  that student when at least one is better than FT with p < α.
+- (b) per student: the feature-based row with the best mean test score against the logit-based row with the
+  best mean (rows with a transfer set left out, since they see more data). Picking both by their test
+  means favours neither family; the claim holds when the feature mean ≥ the logit mean.
+- (c) the best row of the students with at most `small` parameters: its mean headline ÷ the teacher's
+  mean headline ≥ `keep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from codekd.stats import ALPHA, mean_std, paired_test
+
+if TYPE_CHECKING:
+    from codekd.report import Cell
+
+SMALL = 2_000_000  # claim (c)'s "1.5M students": every student with at most this many parameters
+KEEP = 0.90
+
+
+@dataclass
+class Verdict:
+    """One claim for one student (or the whole study): what was compared, the figures, and whether it holds."""
+
+    claim: str
+    subject: str
+    compared: str
+    difference: float | None  # percentage points, or the retention in % for claim (c)
+    n_pairs: int
+    p_value: float | None
+    holds: bool | None  # None: not enough seeds to decide
+
+    def row(self) -> list[str]:
+        diff = "n/a" if self.difference is None else f"{self.difference:+.2f}"
+        if self.claim == "c" and self.difference is not None:
+            diff = f"{self.difference:.1f} %"
+        p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
+        verdict = {True: "holds", False: "fails", None: "untested"}[self.holds]
+        return [self.claim, self.subject, self.compared, diff, str(self.n_pairs), p, verdict]
+
+
+def base_method(cell: Cell) -> str:
+    """The registered method a (possibly renamed) study row ran, from its records' cell config."""
+    return (cell.records[0].get("config") or {}).get("method", cell.method)
+
+
+def uses_transfer(cell: Cell) -> bool:
+    return bool((cell.records[0].get("config") or {}).get("transfer"))
+
+
+def family(cell: Cell) -> str:
+    """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…)."""
+    from codekd.methods import get_method
+
+    needs = set(get_method(base_method(cell)).teacher_needs)
+    return "ft" if not needs else "logit" if needs <= {"logits"} else "feature"
+
+
+def _mean(cell: Cell) -> float:
+    return mean_std(cell.scores.values())[0] or 0.0
+
+
+def _versus(claim: str, subject: str, a: Cell, b: Cell, better: bool) -> Verdict:
+    """`a` against `b`, paired over seeds; `better`: the claim needs a significantly above b, else a's mean ≥ b's."""
+    n, p = paired_test(a.scores, b.scores)
+    diff = _mean(a) - _mean(b)
+    holds = (None if p is None else diff > 0 and p < ALPHA) if better else (None if n < 2 else diff >= 0)
+    return Verdict(claim, subject, f"{a.method} vs {b.method}", diff, n, p, holds)
+
+
+def claims(cells: Sequence[Cell], small: int = SMALL, keep: float = KEEP) -> list[Verdict]:
+    """The verdicts of claims (a), (b) per (task, teacher, student) and (c) per (task, teacher)."""
+    verdicts: list[Verdict] = []
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.task, c.teacher), []).append(c)
+    for (task, teacher), mine in groups.items():
+        students = [c for c in mine if c.student is not None]
+        for student in dict.fromkeys(c.student for c in students):
+            rows = [c for c in students if c.student == student]
+            subject = f"{task} / {teacher} / {student}"
+            ft = next((c for c in rows if c.method == "ft"), None)
+            if ft is not None:
+                verdicts += [_versus("a", subject, c, ft, better=True) for c in rows
+                             if base_method(c) == "kd" and not uses_transfer(c)]
+            best = {f: max((c for c in rows if family(c) == f and not uses_transfer(c)), key=_mean, default=None)
+                    for f in ("logit", "feature")}
+            if best["logit"] and best["feature"]:
+                verdicts.append(_versus("b", subject, best["feature"], best["logit"], better=False))
+        teacher_row = next((c for c in mine if c.student is None), None)
+        candidates = [c for c in students if (c.efficiency["parameters"] or small + 1) <= small]
+        if teacher_row is not None and candidates:
+            top = max(candidates, key=_mean)
+            kept = 100 * _mean(top) / _mean(teacher_row) if _mean(teacher_row) else None
+            verdicts.append(Verdict("c", f"{task} / {teacher}", f"{top.student} {top.method} ÷ teacher", kept,
+                                    len(top.scores), None, None if kept is None else kept >= 100 * keep))
+    return verdicts
+
+
+HEADER = ["claim", "subject", "compared", "Δ (points) / kept", "seeds", "p", "verdict"]
+
+
+def to_markdown(verdicts: Sequence[Verdict]) -> str:
+    """`claims.md`: the three claims, then one table row per verdict."""
+    lines = ["# The study's claims on this study", "",
+             "(a) KD > FT for each student (each vanilla-KD row vs FT, paired t-test, significant at "
+             f"α = {ALPHA}); (b) the best feature-based row ≥ the best logit-based row per student (transfer-set "
+             f"rows excluded; p is the paired t-test of the two); (c) the best student of ≤ {SMALL / 1e6:g}M "
+             f"parameters keeps ≥ {KEEP:.0%} of the teacher's headline.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(v.row()) + " |" for v in verdicts]
+    if not verdicts:
+        lines.append("| " + " | ".join(["–"] * len(HEADER)) + " |")
+    return "\n".join(lines) + "\n"
