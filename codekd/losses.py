@@ -157,20 +157,68 @@ def _neighbours(n: int, window: int, device: torch.device) -> tuple[Tensor, Tens
     return torch.arange(n, device=device).expand(n, n), torch.ones(n, n, dtype=torch.bool, device=device)
 
 
-def _relations(a: Tensor, index: Tensor, in_range: Tensor) -> tuple[Tensor, Tensor]:
-    """Cosine distances (…, N, K) and angles (…, N, K, K) over the second-last axis of a (…, N, H).
+def _band(a: Tensor, width: int) -> Tensor:
+    """(…, N, 2·width+1) float64: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
+
+    From blocks of C = width positions: each block's products with itself and the next block, (C, 2C) by one
+    batched matmul, then row r's entries r..r+width read off by viewing the flat block as rows of 2C+1 (the
+    relative-position shift of Transformer-XL). No gather or per-offset slice of ``a``: the backward of
+    each of those costs a full-size copy."""
+    n, c = a.shape[-2], max(width, 1)
+    blocks = -(-n // c)
+    x = F.pad(a.double(), (0, 0, 0, (blocks + 1) * c - n)).unflatten(-2, (blocks + 1, c))
+    g = x[..., :-1, :, :] @ torch.cat([x[..., :-1, :, :], x[..., 1:, :, :]], -2).transpose(-1, -2)
+    flat = F.pad(g.flatten(-2), (0, c))  # C·2C + C entries: C rows of 2C + 1, row r starting at g[r, r]
+    ahead = flat.unflatten(-1, (c, 2 * c + 1))[..., : width + 1].flatten(-3, -2)[..., :n, :]  # e = 0..width
+    # ⟨a_m, a_m−e⟩ = ⟨a_m−e, a_m⟩: column e of row m − e
+    behind = [F.pad(ahead[..., : max(n - e, 0), e], (min(e, n), 0)) for e in range(width, 0, -1)]
+    return torch.cat([torch.stack(behind, -1), ahead], -1) if behind else ahead
+
+
+def _relations(a: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """Cosine distances (…, N, K) and angles (…, N, K, K) over the second-last axis of a (…, N, H), for the
+    neighbour slots of :func:`_neighbours`.
 
     This is the study's ``cos_dist`` and ``cos_angle``: d(n, m) = 1 − ⟨â_n, â_m⟩ and
-    a(n; m1, m2) = ⟨normalize(a_n − a_m1), normalize(a_n − a_m2)⟩ (``F.normalize`` keeps a zero vector
-    zero), for the neighbours ``index`` (N, K) of :func:`_neighbours`. An out-of-range neighbour has its
-    product or difference vector zeroed, so it gives distance 1 and angle 0.
+    a(n; m1, m2) = ⟨normalize(a_n − a_m1), normalize(a_n − a_m2)⟩ (``F.normalize``: a vector is divided by
+    max(‖·‖, 1e-12), so a zero vector stays zero). An out-of-range neighbour has its product or difference
+    vector zeroed, so it gives distance 1 and angle 0.
+
+    Computed from float64 products, not from (…, N, K, H) difference vectors: with x = a_n − a_i and
+    y = a_n − a_j, ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W
+    apart, so one band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle.
+    A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the anchor itself, a duplicate
+    vector) is zero, as ``F.normalize`` makes an exact zero, with a zero gradient. The direct form's gradient
+    there is 1/eps = 1e12 times the upstream one, added and subtracted again: exact in exact arithmetic, but
+    in fp32 its rounding error is as large as the whole gradient (tests/test_ckd_fast.py).
     """
-    keep = in_range[..., None].to(a.dtype)
-    unit = F.normalize(a, dim=-1)
-    distances = 1 - (unit[..., :, None, :] * unit[..., index, :] * keep).sum(-1)
-    diffs = F.normalize((a[..., :, None, :] - a[..., index, :]) * keep, dim=-1)
-    angles = torch.einsum("...nwh,...nzh->...nwz", diffs, diffs)
-    return distances, angles
+    n = a.shape[-2]
+    in_range = _neighbours(n, window, a.device)[1]
+    if window < n:
+        k, width = 2 * window + 1, 2 * window
+        band = _band(a, width)  # column 2W + e: ⟨a_m, a_m+e⟩
+        sq_norm = band[..., width]
+        shifted = F.pad(sq_norm, (width, width)).unfold(-1, 2 * width + 1, 1)  # ‖a_m+e‖², 0 outside
+        squared = sq_norm[..., None] + shifted - 2 * band  # ‖a_m − a_m+e‖²
+        rows = F.pad(squared.to(a.dtype), (0, 0, window, window))  # row n + s: slot s's neighbour n + s − W
+        pairs = torch.stack([rows[..., s : s + n, width - s : width - s + k] for s in range(k)], -2)
+        dots, norms_i, anchor = (t[..., window : window + k] for t in (band, shifted, squared))
+    else:
+        wide = a.double()
+        dots = wide @ wide.transpose(-1, -2)
+        sq_norm = dots.diagonal(dim1=-2, dim2=-1)
+        norms_i = sq_norm[..., None, :].expand_as(dots)
+        anchor = sq_norm[..., :, None] + norms_i - 2 * dots
+        pairs = anchor.to(a.dtype)[..., None, :, :].expand(*anchor.shape[:-2], n, n, n)
+    cosine = dots / (sq_norm.clamp_min(1e-24).sqrt()[..., :, None] * norms_i.clamp_min(1e-24).sqrt())
+    distances = 1 - torch.where(in_range, cosine, 0)
+    zero = ~in_range | (anchor <= 1e-12 * (sq_norm[..., :, None] + norms_i))
+    anchor = anchor.to(a.dtype)
+    length = torch.where(zero, 1, anchor).sqrt()  # 1 where zero: no infinite gradient through the sqrt
+    inner = (anchor[..., :, None] + anchor[..., None, :] - pairs) / 2
+    angles = torch.where(zero[..., :, None] | zero[..., None, :], 0,
+                         inner / (length[..., :, None] * length[..., None, :]))
+    return distances.to(a.dtype), angles
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -188,8 +236,9 @@ def _relation_loss(student: Tensor, teacher: Tensor, window: int, valid: Tensor 
     angle term only when both of its distance terms are kept; the losses are means over kept terms.
     """
     index, in_range = _neighbours(student.shape[-2], window, student.device)
-    d_s, a_s = _relations(student, index, in_range)
-    d_t, a_t = _relations(teacher, index, in_range)
+    d_s, a_s = _relations(student, window)
+    with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
+        d_t, a_t = _relations(teacher, window)
     if valid is None:
         return F.mse_loss(d_s, d_t) + F.mse_loss(a_s, a_t)
     pair = in_range & valid[..., :, None] & valid[..., index]
@@ -219,7 +268,8 @@ def ckd_relations(
     - LTR (layer-transforming relation): the same two losses on the transposed (B, N, L, H) tensors, i.e.
       over the layer axis for each token (all pairs when L ≤ W).
 
-    Memory: the angles need (B·L·N·(2W+1)·H) difference vectors, as in the study.
+    Memory: (B, L, N, 2W+1, 2W+1) angles per side; the teacher's side is computed without autograd (it is
+    a target: pass it detached, as every loss here expects).
 
     ``mask=None`` reproduces the study exactly: padding tokens and the zeroed out-of-range window slots
     all enter both losses. With a (B, N) ``mask`` (1 real, 0 pad) every term that involves a pad token, as

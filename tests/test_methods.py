@@ -141,6 +141,21 @@ def test_pkd(pair: tuple[Outputs, Outputs, Outputs], kind: str, student_layers: 
     torch.testing.assert_close(method(student, teacher, LABELS)["loss"], expected)
 
 
+def test_pkd_batched_projections_equal_per_layer_ones_in_gradient(pair: tuple[Outputs, Outputs, Outputs]) -> None:
+    """The projections run as one batched product; their gradients equal those of one Linear per layer."""
+    student, _, teacher = pair
+    method = get_method("pkd")(STUDENT, TEACHER)
+    method(student, teacher, LABELS)["loss"].backward()
+    got = [(p.weight.grad.clone(), p.bias.grad.clone()) for p in method.projections]
+    method.zero_grad()
+    s = torch.stack([student.first_token[i] for i in (1, 2)], dim=1)
+    t = torch.stack([proj(teacher.first_token[i]) for proj, i in zip(method.projections, [2, 4], strict=True)], dim=1)
+    (100 * losses.soft_cross_entropy(student.logits, teacher.logits, 10.0) + 10 * losses.pkd_features(s, t)).backward()
+    for (weight, bias), proj in zip(got, method.projections, strict=True):
+        torch.testing.assert_close(weight, proj.weight.grad)
+        torch.testing.assert_close(bias, proj.bias.grad)
+
+
 def test_pkd_needs_two_student_layers() -> None:
     with pytest.raises(ValueError, match="at least 2 layers"):
         get_method("pkd")(ModelShape("gru", 1, 4, 8), TEACHER)

@@ -5,8 +5,8 @@ L = α·T²·CE(z_s/T, softmax(z_t/T)) + (1 − α)·CE(z_s, y) + β·MSE(n(h_s)
 The features are first-token ([CLS]/<s>) vectors: student layer j (1..L_s − 1) against teacher layer
 map(j) (PKD-"skip", see :mod:`codekd.methods.layermap`); the last student layer's pair is dropped, as in
 the study. Each teacher vector goes through its own trainable ``Linear(teacher width → student width)``,
-optimised with the student and discarded afterwards. For a BiGRU student the features are each GRU
-layer's final states (forward ‖ backward, 2H).
+optimised with the student and discarded afterwards (all layers' projections run as one batched product).
+For a BiGRU student the features are each GRU layer's final states (forward ‖ backward, 2H).
 
 Options: ``layers`` is an explicit map with one teacher layer per student layer ("3,6,9,12"; the last
 entry is unused because its pair is dropped). The defaults are the study's (α = 1: no label term).
@@ -46,8 +46,10 @@ class PatientKD(Method):
         logit = losses.kd_loss(student.logits, teacher.logits, labels, self.hp["temperature"],
                                self.hp["alpha"], t_squared=True)
         student_features = torch.stack([student.first_token[i] for i in self.student_idx], dim=1)
-        pairs = zip(self.projections, self.teacher_idx, strict=True)
-        teacher_features = torch.stack([proj(teacher.first_token[i]) for proj, i in pairs], dim=1)
+        teacher_features = torch.stack([teacher.first_token[i] for i in self.teacher_idx], dim=1)  # (B, L, Ht)
+        weight = torch.stack([proj.weight for proj in self.projections])  # (L, Hs, Ht): one product, all layers
+        bias = torch.stack([proj.bias for proj in self.projections])
+        teacher_features = torch.einsum("blt,lst->bls", teacher_features, weight) + bias
         features = losses.pkd_features(student_features, teacher_features)
         loss = logit + self.hp["beta"] * features
         return {"loss": loss, "logit": logit.detach(), "features": features.detach()}

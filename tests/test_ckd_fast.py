@@ -1,0 +1,91 @@
+"""CKD's relations from shifted slices and squared distances equal the direct computation (the study's
+cos_dist / cos_angle, with explicit (…, N, K, H) difference vectors), in value and in gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codekd import losses
+
+
+def direct_relations(a: torch.Tensor, window: int, exact_zero: bool = False):
+    """The former implementation, as the study's code builds it. With ``exact_zero`` a zero difference
+    vector (the anchor itself, a duplicate) gets a zero gradient: its value is the constant 0, so that is
+    its exact gradient, which the plain form only reaches after adding and subtracting 1e12-sized terms."""
+    index, in_range = losses._neighbours(a.shape[-2], window, a.device)
+    keep = in_range[..., None].to(a.dtype)
+    unit = F.normalize(a, dim=-1)
+    distances = 1 - (unit[..., :, None, :] * unit[..., index, :] * keep).sum(-1)
+    raw = (a[..., :, None, :] - a[..., index, :]) * keep
+    diffs = F.normalize(raw, dim=-1)
+    if exact_zero:
+        diffs = torch.where(raw.detach().norm(dim=-1, keepdim=True) == 0, 0, diffs)
+    return distances, torch.einsum("...nwh,...nzh->...nwz", diffs, diffs)
+
+
+def _grad(fn, x0: torch.Tensor, weights, dtype=torch.float64) -> torch.Tensor:
+    x = x0.detach().to(dtype).requires_grad_(True)
+    sum((out.double() * w).sum() for out, w in zip(fn(x), weights, strict=True)).backward()
+    return x.grad.double()
+
+
+CASES = [(30, 4), (6, 10), (12, 2), (5, 4), (3, 1)]  # windowed, all pairs (N ≤ W), N = W + 1, tiny
+
+
+@pytest.mark.parametrize(("n", "window"), CASES)
+def test_relations_equal_the_direct_ones(n: int, window: int) -> None:
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, n, 8, dtype=torch.float64)
+    a[0, 1, 1] = a[0, 1, 2]  # a duplicate vector: its difference is exactly zero, its angles 0
+    a[1, 2, 0] = 0  # a zero vector (a cached pad)
+    for got, want in zip(losses._relations(a, window), direct_relations(a, window), strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "window"), CASES)
+def test_gradients_equal_the_direct_ones(n: int, window: int) -> None:
+    torch.manual_seed(1)
+    x0 = torch.randn(2, 3, n, 8, dtype=torch.float64)
+    x0[0, 1, 1] = x0[0, 1, 2]
+    weights = [torch.randn_like(w) for w in direct_relations(x0, window)]
+    want = _grad(lambda x: direct_relations(x, window, exact_zero=True), x0, weights)
+    torch.testing.assert_close(_grad(lambda x: losses._relations(x, window), x0, weights), want,
+                               rtol=0, atol=1e-9)
+    # without duplicates the plain direct form differs only by the rounding of its ±1e12 self-pair terms
+    # (at a duplicate its gradient is 1e12-sized: F.normalize's 1/eps, where this one is 0)
+    x1 = torch.randn_like(x0)
+    plain = _grad(lambda x: direct_relations(x, window), x1, weights)
+    assert (plain - _grad(lambda x: losses._relations(x, window), x1, weights)).abs().max() < 1e-1
+
+
+def test_fp32_gradient_is_the_exact_one() -> None:
+    """In fp32 the gradient stays within fp32 rounding of the float64 one (the direct form's is off by as
+    much as the gradient itself: the ±1e12 self-pair terms)."""
+    torch.manual_seed(2)
+    x0 = torch.randn(2, 3, 40, 16, dtype=torch.float64)
+    weights = [torch.randn_like(w) for w in direct_relations(x0, 10)]
+    exact = _grad(lambda x: direct_relations(x, 10, exact_zero=True), x0, weights)
+    fast32 = _grad(lambda x: losses._relations(x, 10), x0, weights, torch.float32)
+    assert (fast32 - exact).abs().max() < 1e-4 * exact.abs().max()
+    direct32 = _grad(lambda x: direct_relations(x, 10), x0, weights, torch.float32)
+    assert (direct32 - exact).abs().max() > 1e-2 * exact.abs().max()
+
+
+def test_ckd_loss_in_fp32_matches_the_direct_formula_in_float64() -> None:
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 3, 40, 16), torch.randn(4, 3, 40, 24)
+    (ds, as_), (dt, at) = direct_relations(s.double(), 10), direct_relations(t.double(), 10)
+    want = F.mse_loss(ds, dt) + F.mse_loss(as_, at)
+    assert losses._relation_loss(s, t, 10, None).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_teacher_relations_keep_no_graph() -> None:
+    """The teacher's side is a target: computed without autograd, so the loss's gradient is the student's only."""
+    torch.manual_seed(4)
+    s = torch.randn(2, 3, 12, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 12, 8, dtype=torch.float64, requires_grad=True)
+    losses.ckd_relations(s, t, 2, 1.0).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
