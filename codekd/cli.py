@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codekd.data import DataError
-from codekd.data.text import read_text
+from codekd.data.text import load_yaml
 from codekd.io import BusyError, DiskError, OutputExistsError, disk_error, is_main_process
 from codekd.trust import TrustRemoteCode
 
@@ -72,10 +72,7 @@ def _extra_options(args: list[str]) -> dict[str, str]:
 def _load_config(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        cfg = yaml.safe_load(read_text(path)) or {}  # bad bytes: a DataError naming the file and line
-    except (OSError, yaml.YAMLError) as e:
-        _fail(f"--config {path}: {e}")
+    cfg = load_yaml(path) or {}  # bytes, YAML, nesting, numbers: a DataError naming the file and line
     if not isinstance(cfg, dict):
         _fail(f"--config {path}: expected a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in cfg.items()}

@@ -23,6 +23,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from codekd.data import demo_data_dir  # noqa: E402
+from codekd.data.text import copy_head  # noqa: E402
 from codekd.io import atomic_dir, write_json  # noqa: E402
 from codekd.pipeline import distill, make_vocab, read_metrics, train_teacher  # noqa: E402
 from codekd.train_config import TrainConfig  # noqa: E402
@@ -72,8 +73,7 @@ def _slice_data(out: Path, plan: DemoPlan) -> Path:
     src = demo_data_dir()
     with atomic_dir(path) as tmp:
         for split, n in (("train", plan.train), ("dev", plan.valid), ("test", plan.test)):
-            lines = (src / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-            (tmp / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+            copy_head(src / f"{split}.jsonl", tmp / f"{split}.jsonl", n)
     return path
 
 

@@ -169,8 +169,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file that codekd wrote (`codekd.json`, manifests, metrics), read by the rules of user files: bad
+    bytes or JSON are a `DataError` naming the file and line (a model directory may come from anywhere)."""
+    from codekd.data.text import parse_json, read_text
+
+    return parse_json(read_text(Path(path)), path)
 
 
 def process_alive(host: str | None, pid: int | None) -> bool:

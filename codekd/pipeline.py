@@ -34,6 +34,7 @@ from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_roo
 from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.data.tasks import task_record
+from codekd.data.text import load_yaml
 from codekd.data.unlabelled import load_unlabelled
 from codekd.device import process_state, teacher_precision
 from codekd.diagnostics import collapse_diagnostic, method_diagnostics, soft_target_diagnostic
@@ -126,7 +127,7 @@ def _work_dir(out: Path, config: dict[str, Any], resume: bool) -> Path:
     if work.exists() and not resume:
         raise FileExistsError(f"{work}: an unfinished run is there; add --resume to continue it, or delete it")
     if resume and saved.exists():
-        before = yaml.safe_load(saved.read_text())["config"]
+        before = load_yaml(saved)["config"]
         defaults = asdict(TrainConfig())  # an option a newer codekd added, left at its default, changes nothing
         changed = sorted(k for k in set(before) | set(config) if before.get(k, defaults.get(k)) != config.get(k))
         if changed:

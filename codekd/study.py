@@ -31,7 +31,7 @@ from typing import Any
 
 from codekd.data import DataError, Task, load_split
 from codekd.data.readers import _NAMES
-from codekd.data.text import parse_json, shown, text_lines
+from codekd.data.text import copy_head, parse_json, read_text, shown, text_lines
 from codekd.io import atomic_dir, atomic_write_text, process_alive
 from codekd.models import get_preset
 from codekd.study_config import Cell, Study, load_study, parse_shard, plan
@@ -90,9 +90,9 @@ def claim(study_dir: Path, cell: Cell, owner: str) -> bool:
     except FileExistsError:
         try:
             held = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # a bad byte is a UnicodeDecodeError, a ValueError
             return False  # being written by its owner this instant
-        if held.get("owner") != owner:
+        if not isinstance(held, dict) or held.get("owner") != owner:
             return False
         if held.get("pid") != os.getpid() and process_alive(held.get("host"), held.get("pid")):
             return False
@@ -115,9 +115,7 @@ def _data_for(study: Study, task: str) -> Path:
             for f in (f for f in study.data[task].iterdir() if f.is_file()):
                 split = next((s for s, names in _NAMES.items() if f.name.split(".")[0] in names), None)
                 if split in limit:
-                    with f.open(encoding="utf-8") as lines:
-                        head = "".join(line for _, line in zip(range(limit[split]), lines, strict=False))
-                    (tmp / f.name).write_text(head, encoding="utf-8")
+                    copy_head(f, tmp / f.name, limit[split])
                 else:
                     shutil.copy2(f, tmp / f.name)
 
@@ -289,7 +287,7 @@ def run_study(config: str | Path, out: str | Path | None = None, only: Sequence[
         _print_plan(study, cells, records)
         return [records[c.key] for c in cells if c.key in records]
     study.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(study.out / "study.yaml", Path(config).read_text(encoding="utf-8"))
+    atomic_write_text(study.out / "study.yaml", read_text(Path(config)))
     target = results_file(study.out, part)
     skipped: list[str] = []
     failed: dict[str, str] = {}

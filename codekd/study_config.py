@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from codekd.data import Task, demo_data_dir, get_task
 from codekd.data.tasks import is_task_file, task_record
+from codekd.data.text import load_yaml
 from codekd.methods import get_method
 from codekd.models import get_preset
 from codekd.train_config import TrainConfig, check_config, train_options
@@ -143,10 +142,7 @@ def resolve_data(value: str) -> Path:
 def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     """Read and validate a study file; every problem names the file and the option."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    raw = load_yaml(path)  # bytes, YAML, nesting, numbers: a DataError naming the file and line
     if not isinstance(raw, dict):
         _fail(path, "top level", "expected a mapping")
     unknown = set(raw) - set(TOP)

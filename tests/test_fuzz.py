@@ -1,6 +1,7 @@
-"""Fuzzing every reader of user files (issue 15): the four data layouts, `results.jsonl` and `predict`'s input,
-each over seeded random mutations of valid files — truncation, byte flips, a BOM, CRLF line ends, UTF-16,
-invalid UTF-8, NUL bytes, lone surrogate escapes, deep nesting, huge numbers, repeated and dropped lines.
+"""Fuzzing every reader of user files (issue 15): the four data layouts, `results.jsonl`, `predict`'s input, study
+files and task files, each over seeded random mutations of valid files — truncation, byte flips, a BOM, CRLF
+line ends, UTF-16, invalid UTF-8, NUL bytes, lone surrogate escapes, deep nesting, huge numbers, repeated and
+dropped lines.
 
 Each mutated file must be accepted, or refused with a `DataError` naming a file of the input and (except for
 whole-file problems, such as an empty split) its line: never another exception. Readers run in-process."""
@@ -18,7 +19,7 @@ from codekd.study import read_results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 LAYOUTS = {"study_defect": "defect", "cubert": "exception", "devign": "defect", "bigclonebench": "clone"}
-PER_READER = 100  # 6 readers: 600 mutated inputs
+PER_READER = 100  # 8 readers: 800 mutated inputs
 WHOLE_FILE = ("split has no records", "missing", "expected a JSON array", "does not exist")
 
 
@@ -127,3 +128,58 @@ def test_predict_input_reader_sees_every_line(task, pair, tmp_path):
             if isinstance(item, DataError):
                 _check_refusal(item, path.parent)
                 assert item.line is not None
+
+
+STUDY_FILE = """# a study file
+name: fuzz
+data: {defect: DATA}
+limit: {train: 2, valid: 2, test: 2}
+seeds: [1, 2]
+teachers:
+  t: {dir: DATA}
+students: [roberta-0.6m, gru-1.5m]
+train: {epochs: 1, lr: 1e-3, batch_size: 16}
+methods:
+  ft: {}
+  kd: {hparams: {temperature: 4.0, alpha: 0.5}}
+"""
+TASK_FILE = """name: smell
+input: source
+label: smell
+labels: [clean, long-method, god-class]
+metric: macro_f1
+positive: god-class
+k: 2
+aliases: {source: [code]}
+"""
+
+
+def _yaml_outcome(read, path: Path) -> str:
+    """'accepted', or 'refused' with a `DataError` at `path:line` or a `ValueError` naming the file (a study
+    file's wrong option names the option instead of a line); any other exception fails the test."""
+    try:
+        read(path)
+        return "accepted"
+    except DataError as e:
+        _check_refusal(e, path.parent)
+        assert e.line is not None, e
+    except ValueError as e:
+        assert str(e).startswith(f"{path}:") and "\n" not in str(e) and len(str(e)) < 1000, e
+    return "refused"
+
+
+@pytest.mark.parametrize("kind", ["study", "task"])
+def test_study_and_task_file_readers_accept_or_refuse_with_path(kind, tmp_path):
+    from codekd.data.tasks import load_task_file
+    from codekd.study_config import load_study
+
+    base = (STUDY_FILE.replace("DATA", str(FIXTURES / "study_defect")) if kind == "study" else TASK_FILE).encode()
+    read = (lambda p: load_study(p, tmp_path / "out")) if kind == "study" else load_task_file
+    rng = random.Random(f"yaml-{kind}")
+    outcomes = {"accepted": 0, "refused": 0}
+    for k in range(PER_READER):
+        path = tmp_path / f"{k}.yaml"
+        path.write_bytes(_mutate(base, rng))
+        outcomes[_yaml_outcome(read, path)] += 1
+    assert outcomes["accepted"] > 0 and outcomes["refused"] > PER_READER // 4, outcomes
+    assert not (tmp_path / "out").exists()

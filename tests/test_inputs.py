@@ -88,3 +88,90 @@ def test_config_file_with_bad_bytes_names_its_line(tmp_path):
         _load_config(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_bytes(b"\xef\xbb\xbfepochs: 1\n")  # a BOM is fine
     assert _load_config(tmp_path / "c.yaml") == {"epochs": 1}
+
+
+STUDY = """name: s
+data: {defect: DATA}
+limit: {train: 2}
+seeds: [1]
+students: [roberta-0.6m]
+methods: {ft: {}}
+"""
+YAML_PAYLOADS = (  # (line 3 of a YAML file, what the one-line refusal says)
+    (b"x: '\xff'", "not UTF-8 text: byte 0xff"), (b'x: "\\ud800"', "surrogate escape"),
+    (b"x: " + b"[" * 5000 + b"]" * 5000, "nested too deep"), (b"x: " + b"7" * 5000, "number too long"),
+    (b"x: \x01", "character #x0001 is not allowed"), (b"x: [1]]", "bad YAML"), (b"x: \0", "a NUL byte"),
+)
+
+
+def test_study_file_bad_bytes_name_file_and_line(tmp_path):
+    """The study file was read with `Path.read_text` and `yaml.safe_load`: a bad byte was a UnicodeDecodeError
+    without a line, deep nesting a RecursionError traceback; now it goes through `codekd.data.text`."""
+    from codekd.study_config import load_study
+
+    text = STUDY.replace("DATA", str(Path(__file__).parent / "fixtures" / "data" / "study_defect")).encode()
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))  # a BOM and CRLF are fine
+    assert load_study(path, tmp_path / "out").name == "s"
+    lines = text.split(b"\n")
+    for payload, fragment in YAML_PAYLOADS:
+        path.write_bytes(b"\n".join([*lines[:2], payload, *lines[2:]]))
+        with pytest.raises(DataError) as err:
+            load_study(path, tmp_path / "out")
+        assert str(err.value).startswith(f"{path}:3: ") and fragment in str(err.value), (payload[:10], err.value)
+    path.write_bytes(b"\xff\xfe" + text.decode().encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"s.yaml:1: not UTF-8 text: the file is UTF-16"):
+        load_study(path, tmp_path / "out")
+    res = _codekd("study", str(path), "--out", str(tmp_path / "study"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "UTF-16" in res.stderr, res.stderr
+    assert not (tmp_path / "study").exists()
+
+
+def test_task_and_config_files_bad_bytes_name_file_and_line(tmp_path):
+    from codekd.cli import _load_config
+    from codekd.data.tasks import load_task_file
+
+    task = b"name: t\ninput: code\nlabel: y\nlabels: [a, b]\nmetric: accuracy\n"
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + task)
+    assert load_task_file(path).labels == ("a", "b")
+    lines = task.split(b"\n")
+    for payload, fragment in YAML_PAYLOADS:
+        for read in (load_task_file, _load_config):
+            path.write_bytes(b"\n".join([*lines[:2], payload, *lines[2:]]))
+            with pytest.raises(DataError) as err:
+                read(path)
+            assert str(err.value).startswith(f"{path}:3: ") and fragment in str(err.value), (read, err.value)
+
+
+def test_study_data_slice_reads_through_text(tmp_path):
+    """`limit:` slices were cut with `open(encoding='utf-8')`: a bad byte was a UnicodeDecodeError traceback
+    and blank lines counted as records. Now a bad byte names the original file and line, and a BOM, CRLF and
+    blank lines are fine (blank lines are kept, so line numbers in the slice are the original's)."""
+    from codekd.study import _data_for
+    from codekd.study_config import load_study
+
+    data = _data(tmp_path / "data", train=b"\xef\xbb\xbf" + (REC + "\n" + REC + REC).encode().replace(b"\n", b"\r\n"))
+    (tmp_path / "s.yaml").write_text(STUDY.replace("DATA", str(data)))
+    study = load_study(tmp_path / "s.yaml", tmp_path / "out")
+    sliced = _data_for(study, "defect")
+    assert (sliced / "train.jsonl").read_bytes() == (REC + "\n" + REC).encode()
+    data2 = _data(tmp_path / "data2", train=REC.encode() + b'{"func": "\xff", "target": 0}\n' + REC.encode())
+    (tmp_path / "s.yaml").write_text(STUDY.replace("DATA", str(data2)))
+    study = load_study(tmp_path / "s.yaml", tmp_path / "out2")
+    with pytest.raises(DataError, match=rf"{data2 / 'train.jsonl'}:2: not UTF-8 text: byte 0xff"):
+        _data_for(study, "defect")
+    assert not (tmp_path / "out2" / "data" / "defect").exists()
+
+
+def test_model_directory_json_bad_bytes(tmp_path):
+    """`codekd.json`, metrics and cache manifests were read with `json.load`: a crafted model directory gave a
+    UnicodeDecodeError traceback."""
+    from codekd.io import read_json
+
+    (tmp_path / "codekd.json").write_bytes(b'{"task": "exception",\n "max_length": "\xff"}\n')
+    with pytest.raises(DataError, match=r"codekd.json:2: not UTF-8 text"):
+        read_json(tmp_path / "codekd.json")
+    (tmp_path / "codekd.json").write_bytes(b'{"task": "exception",\n "max_length": ' + b"[" * 100_000 + b"\n")
+    with pytest.raises(DataError, match=r"codekd.json:2: bad JSON: nested too deep"):
+        read_json(tmp_path / "codekd.json")

@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 import yaml
 
+from codekd.data.text import DataError, parse_yaml, read_text
+
 TASK_FILES = Path(__file__).parent / "task_files"
 BUILTIN = ("defect", "clone", "exception")
 HEADLINES = ("accuracy", "f1", "macro_f1", "top_k_accuracy")
 KEYS = ("name", "input", "label", "labels", "metric", "positive", "k", "focus", "aliases")
 
 
-class TaskFileError(ValueError):
+class TaskFileError(DataError):
     """A bad task definition, reported as "<path>:<line>: <what is wrong>"."""
-
-    def __init__(self, path: str | Path, what: str, line: int | None = None) -> None:
-        super().__init__(f"{path}:{line}: {what}" if line is not None else f"{path}: {what}")
 
 
 @dataclass(frozen=True)
@@ -178,14 +177,11 @@ def load_task_file(path: str | Path) -> Task:
     """Read and check a task file; a problem is a `TaskFileError` naming the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskFileError(path, f"cannot read the task file: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise TaskFileError(path, f"bad YAML: {e.problem or e.context}", mark.line + 1 if mark else None) from None
+        text = read_text(path)
+        parse_yaml(text, path)  # bytes, YAML, nesting, numbers, surrogates; then nodes, for their lines
+    except DataError as e:
+        raise TaskFileError(path, e.what, e.line) from None
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
         raise TaskFileError(path, "expected a mapping of task keys (name, input, label, labels, metric)",
                             root.start_mark.line + 1 if root is not None else None)
@@ -196,10 +192,7 @@ def load_task_file(path: str | Path) -> Task:
         key, line = key_node.value, key_node.start_mark.line + 1
         if key in values:
             raise TaskFileError(path, f"key {key!r} is given twice", line)
-        try:
-            values[key] = constructor.construct_object(value_node, deep=True)
-        except yaml.MarkedYAMLError as e:
-            raise TaskFileError(path, f"bad value of {key!r}: {e.problem}", line) from None
+        values[key] = constructor.construct_object(value_node, deep=True)
         lines[key] = line
     return task_from_mapping(values, path, lines)
 

@@ -1,5 +1,6 @@
 """Reading user text safely: every reader of user files (data splits, `results.jsonl`, `predict`'s input,
-stdin) goes through these functions, so every bad byte gets the same one-line `DataError`.
+stdin, study, task and `--config` YAML files) goes through these functions, so every bad byte gets the same
+one-line `DataError`.
 
 Text is UTF-8; a UTF-8 byte-order mark at the start of a file is accepted and dropped (`utf-8-sig`).
 Lines are split on `\\n` only (a `\\r` before it is dropped), never on the other characters Python's
@@ -7,7 +8,8 @@ Lines are split on `\\n` only (a `\\r` before it is dropped), never on the other
 Each line is decoded on its own, so a bad byte costs that line only (what `predict --skip-bad` needs).
 A JSON line must parse to values that are valid Unicode: not UTF-8, a lone surrogate escape
 (`"\\ud800"`, which cannot be encoded or tokenized), nesting deeper than the parser's recursion limit and
-integers longer than Python's 4,300-digit limit are each a `DataError` naming the file and line.
+integers longer than Python's 4,300-digit limit are each a `DataError` naming the file and line. A YAML
+file is read with PyYAML's safe loader and held to the same rules.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 _HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 _SURROGATE_ESCAPE = re.compile(f"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}")  # an escape \ud800-\udfff without its pair
 _LONG_NUMBER = re.compile(r"\d{" + str(sys.get_int_max_str_digits() + 1) + "}")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a decoded str: a surrogate left unpaired
+_YAML_SURROGATE_ESCAPE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F][0-9a-fA-F]{2}")  # YAML pairs nothing
 _JSON_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[\[{]|[\]}]|\n')  # strings, brackets, newlines (nesting scan)
 
 
@@ -126,15 +132,51 @@ def parse_json(text: str, where: str | Path, line: int | None = None) -> Any:
     return value
 
 
+def parse_yaml(text: str, where: str | Path) -> Any:
+    """`text` parsed by PyYAML's safe loader, or a `DataError` at `where:line` saying why it is not acceptable:
+    bad YAML (at its mark), a control character, nesting too deep, an integer over Python's digit limit, or a
+    surrogate escape (`"\\ud800"`: YAML's escapes are code points, and a surrogate is not one)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise DataError(where, f"bad YAML: {e.problem or e.context}", mark.line + 1 if mark else 1) from None
+    except yaml.reader.ReaderError as e:
+        raise DataError(where, f"bad YAML: character #x{e.character:04x} is not allowed (a control character)",
+                        text.count("\n", 0, e.position) + 1) from None
+    except RecursionError:
+        raise DataError(where, "bad YAML: nested too deep (sequences or mappings inside each other more than "
+                        f"{sys.getrecursionlimit()} levels)", _deep_line(text)) from None
+    except ValueError:  # Python's integer digit limit, from the int constructor; its message has no position
+        raise DataError(where, f"bad YAML: a number too long to read (over {sys.get_int_max_str_digits()} digits)",
+                        _line_at(text, _LONG_NUMBER.search(text))) from None
+    if _has_lone_surrogate(value):
+        raise DataError(where, "bad YAML: a string holds a surrogate escape (\\ud800-\\udfff), which is not valid "
+                        "Unicode", _line_at(text, _YAML_SURROGATE_ESCAPE.search(text)))
+    return value
+
+
+def load_yaml(path: Path) -> Any:
+    """A whole YAML file (a study, task or `--config` file) read and parsed by the rules of `parse_yaml`."""
+    return parse_yaml(read_text(path), path)
+
+
 def _line_at(text: str, match: re.Match[str] | None) -> int:
     return text.count("\n", 0, match.start()) + 1 if match else 1
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
+    """Whether a string in `value` (keys too, at any depth; shared and self-referencing YAML nodes visited once)
+    holds a surrogate code point, which no decoder pairs into a character."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict | list | tuple | set | frozenset) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
     return False
 
 
@@ -177,6 +219,19 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """Parsed JSONL lines of `path` (blank lines skipped) with their 1-based numbers."""
     for n, text in text_lines(path):
         yield n, parse_json(text, path, n)
+
+
+def copy_head(src: Path, dst: Path, n: int) -> None:
+    """Write the lines of the text file `src` up to its `n`-th non-blank one to `dst` (a slice of a split's
+    records, index or pair lines), each decoded as `text_lines` decodes it (a BOM dropped, CRLF written as LF).
+    Blank lines are copied, not counted, so a line keeps its number in the slice."""
+    with open_binary(src) as f, dst.open("w", encoding="utf-8", newline="\n") as out:
+        for k, raw in raw_lines(f):
+            if n <= 0:
+                break
+            text = decode_text(raw, src, k, first=k == 1)
+            out.write(text + "\n")
+            n -= bool(text.strip())
 
 
 def read_text(path: Path) -> str:
