@@ -15,6 +15,7 @@ examples of n_i tokens (T = Σ n_i), L layers, width H, A attention heads and C 
   as `run` gives both).
 - `hidden_states.npy` [T, L+1, H]: every real token's vector at every layer (0: embeddings).
 - `attentions.npy` [Σ n_i², L, A]: example i's (query, key) pairs in query-major order, then layer, head.
+- `values.npy` [T, A, H/A]: every real token's last-layer value vector, per head (MiniLM's value relation).
 - `owner`: host and process id of the build (tells a later build whether a leftover temporary is stale).
 - `manifest.json`, written last: what the cache holds and what it was built from.
 
@@ -199,6 +200,12 @@ class TeacherCache:
                 attn[:, b, :, :n, :n] = self._rows("attentions", self.pair_offsets, i).view(n, n, layers, heads) \
                     .permute(2, 3, 0, 1)
             out.attentions = tuple(attn.to(device).unbind(0))
+        if "values" in self.arrays:
+            _, heads, size_k = self.arrays["values"].shape
+            values = torch.zeros(size, width, heads, size_k)
+            for b, i in enumerate(idx):
+                values[b, :lengths[b]] = self._rows("values", self.offsets, i).float()
+            out.values = values.transpose(1, 2).to(device)
         return out
 
 
@@ -233,6 +240,9 @@ def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: to
     if "attentions" in stored:
         attn = np.moveaxis(stacked(out.attentions, 4), 1, -1)  # (B, N, N, L, A)
         rows["attentions"] = [attn[b, :n, :n].reshape(n * n, *attn.shape[3:]) for b, n in enumerate(lengths)]
+    if "values" in stored:
+        values = out.values.transpose(1, 2).to(dtype).cpu().numpy()  # (B, N, A, H/A)
+        rows["values"] = [values[b, :n] for b, n in enumerate(lengths)]
     return rows
 
 
@@ -241,7 +251,7 @@ def _store(arrays: dict[str, np.ndarray], rows: dict[str, list], indices: Sequen
     """Write one batch's rows (`_rows`) into the cache's arrays at its examples' places."""
     for name, values in rows.items():
         for i, value in zip(indices, values, strict=True):
-            if name == "hidden_states":
+            if name in ("hidden_states", "values"):
                 arrays[name][offsets[i]:offsets[i + 1]] = value
             elif name == "attentions":
                 arrays[name][pair_offsets[i]:pair_offsets[i + 1]] = value
@@ -326,6 +336,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
             shapes["hidden_states"] = (int(offsets[-1]), *first["hidden_states"][0].shape[1:])
         if "attentions" in stored:
             shapes["attentions"] = (int(pair_offsets[-1]), *first["attentions"][0].shape[1:])
+        if "values" in stored:
+            shapes["values"] = (int(offsets[-1]), *first["values"][0].shape[1:])
     free = shutil.disk_usage(path.parent).free if main else 0
     shapes, free = broadcast_object_list([(shapes, free)])[0]
     dtypes = {name: np.float32 if name == "logits" else np_dtype for name in shapes}

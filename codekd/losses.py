@@ -355,6 +355,28 @@ def attention_relation(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor 
     return _reduce_rows(rows, mask, reduction)
 
 
+@fp32
+def value_relation(student_values: Tensor, teacher_values: Tensor, mask: Tensor | None = None,
+                   reduction: str = "token") -> Tensor:
+    """MiniLM's value-relation transfer (Wang et al., "MiniLM: Deep Self-Attention Distillation for
+    Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020, §3.1 eq. 7-8): per head a, the
+    relation VR = softmax(V_a V_aᵀ / √d_k) of the last layer's (B, heads, N, d_k) value vectors, then
+    KL(VR_t ‖ VR_s) as in `attention_relation` (averaged over heads and real query rows; head counts that
+    differ are averaged first; d_k may differ, the relations are N × N). With a (B, N) ``mask``, pad keys get
+    no probability (their scores are set to the dtype's lowest value before the softmax, so a row without a
+    real key stays finite) and pad query rows are not averaged."""
+    return attention_relation(_self_relation(student_values, mask), _self_relation(teacher_values, mask), mask,
+                              reduction)
+
+
+def _self_relation(values: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(V Vᵀ / √d_k) over the keys of (B, heads, N, d_k) vectors, pad keys excluded: (B, heads, N, N)."""
+    scores = values @ values.transpose(-1, -2) / values.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    return scores.softmax(-1)
+
+
 def _reduce_rows(rows: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     """Mean of per-token values (B, N) over real tokens: of the whole batch (``token``) or per example, then
     over the examples with a real token (``example``)."""

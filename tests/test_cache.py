@@ -17,7 +17,7 @@ from codekd.models.teacher import load_model_dir
 from codekd.pipeline import make_vocab
 from codekd.train import loader, logits_of
 
-NEEDS = ("logits", "hidden_states", "first_token", "attentions")
+NEEDS = ("logits", "hidden_states", "first_token", "attentions", "values")
 # fp16 storage rounds each value to nearest: |cached - live| <= 2^-11·|live| (4.9e-4, relative) for normal
 # numbers, plus at most 3e-8 for subnormal ones. Measured on the tiny teacher: hidden states up to 3.9 in
 # magnitude differ by at most 9.8e-4, attention weights (up to 0.017) by at most 7.6e-6; fp32 is exact.
@@ -132,3 +132,5 @@ def test_cached_outputs_equal_the_live_teacher(teacher_data, tmp_path, dtype):
         for g, t in zip(got.attentions, live.attentions, strict=True):
             assert g.shape == t.shape
             torch.testing.assert_close(g, t * pairs, **tol)
+        assert got.values.shape == live.values.shape and got.values.dtype == torch.float32
+        torch.testing.assert_close(got.values, live.values * mask[:, None, :, None], **tol)

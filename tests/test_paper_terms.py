@@ -1,6 +1,7 @@
 """The papers' terms behind options (issue 14): DKD's warm-up (and the loop's epoch hook, resume included),
 MiniLM's per-example reduction, TinyBERT's attention loss; each against a direct computation."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from torch import Tensor
 from codekd import losses
 from codekd.methods import get_method
 from codekd.methods.dkd import DecoupledKD
-from codekd.models import custom_spec
+from codekd.models import build_student, custom_spec
 from codekd.models.adapters import ModelShape, Outputs
 from codekd.pipeline import distill
 from codekd.train import TrainConfig
@@ -123,3 +124,106 @@ def test_tinybert_attention_term_against_direct_mse() -> None:
 def test_tinybert_attention_term_needs_a_transformer_student() -> None:
     with pytest.raises(ValueError, match="needs a transformer student"):
         get_method("tinybert")(GRU, TEACHER, attention_weight=1.0)
+
+
+# ------------------------------------------------------------------------------- MiniLM value relation
+
+
+def _value_relation_by_hand(vs: Tensor, vt: Tensor, mask: Tensor, reduction: str) -> float:
+    """MiniLM eq. 7-8 written out with Python floats: per example b, head a and real query i, the relation
+    rows VR[i, j] = exp(v_i·v_j/√d_k) / Σ_real j' exp(v_i·v_j'/√d_k) over the real keys j of both sides,
+    KL(VR_t ‖ VR_s) = Σ_j VR_t log(VR_t / VR_s), averaged over heads, then over queries (all real ones, or
+    per example first)."""
+    def rows(v: Tensor, b: int, a: int, real: list[int]) -> list[list[float]]:
+        d = v.shape[-1]
+        out = []
+        for i in real:
+            scores = [sum(v[b, a, i, k].item() * v[b, a, j, k].item() for k in range(d)) / math.sqrt(d) for j in real]
+            top = max(scores)
+            exps = [math.exp(x - top) for x in scores]
+            out.append([e / sum(exps) for e in exps])
+        return out
+
+    per_example = []
+    for b in range(len(mask)):
+        real = [j for j in range(mask.shape[1]) if mask[b, j]]
+        kl = [0.0] * len(real)
+        for a in range(vs.shape[1]):
+            rs, rt = rows(vs, b, a, real), rows(vt, b, a, real)
+            for q in range(len(real)):
+                kl[q] += sum(t * math.log(t / s) for s, t in zip(rs[q], rt[q], strict=True)) / vs.shape[1]
+        per_example.append(kl)
+    if reduction == "token":
+        flat = [x for kl in per_example for x in kl]
+        return sum(flat) / len(flat)
+    return sum(sum(kl) / len(kl) for kl in per_example) / len(per_example)
+
+
+@pytest.mark.parametrize("reduction", ["token", "example"])
+def test_value_relation_against_the_formula_by_hand(reduction: str) -> None:
+    """Student head size 3, teacher 5 (relations are N × N whatever d_k); pads hold large values that would
+    change everything if they entered a relation."""
+    torch.manual_seed(0)
+    vs, vt = torch.randn(3, 2, 5, 3, dtype=torch.float64), 2 * torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    pads = ~MASK.bool()[:, None, :, None]
+    vs, vt = vs.masked_fill(pads, 50.0), vt.masked_fill(pads, -50.0)
+    got = losses.value_relation(vs, vt, MASK, reduction).item()
+    assert got == pytest.approx(_value_relation_by_hand(vs, vt, MASK, reduction), rel=1e-9)
+    assert losses.value_relation(vs, vs.clone(), MASK, reduction).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_value_relation_in_fp16_and_under_bf16_autocast_equals_fp32() -> None:
+    torch.manual_seed(0)
+    vs, vt = 3 * torch.randn(2, 4, 16, 8), 3 * torch.randn(2, 4, 16, 8)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 10:] = 0
+    exact = losses.value_relation(vs, vt, mask)
+    got = losses.value_relation(vs.half(), vt.half(), mask)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(exact.item(), rel=5e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert losses.value_relation(vs, vt, mask).item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+def test_value_relation_of_an_all_padding_batch_is_zero_with_zero_gradient() -> None:
+    vs = torch.randn(2, 2, 6, 4, requires_grad=True)
+    loss = losses.value_relation(vs, torch.randn(2, 2, 6, 4), torch.zeros(2, 6, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(vs.grad).all() and (vs.grad == 0).all()
+
+
+def test_minilm_value_relation_option() -> None:
+    torch.manual_seed(0)
+    s, t = _outputs(STUDENT, 2), _outputs(TEACHER, 2)
+    s.values, t.values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 6)
+    plain = get_method("minilm")(STUDENT, TEACHER)
+    assert "values" not in plain.teacher_needs and "values" not in plain.student_needs  # default: as before
+    method = get_method("minilm")(STUDENT, TEACHER, value_relation=0.5, reduction="example")
+    assert "values" in method.teacher_needs and "values" in method.student_needs
+    out = method(s, t, LABELS)
+    assert out["value"].item() == pytest.approx(_value_relation_by_hand(s.values, t.values, MASK, "example"),
+                                                rel=1e-5)
+    base = get_method("minilm")(STUDENT, TEACHER, reduction="example")(s, t, LABELS)["loss"]
+    assert out["loss"].item() == pytest.approx(base.item() + 0.5 * out["value"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="value_relation uses the last layers' value vectors"):
+        get_method("minilm")(STUDENT, TEACHER, value_relation=1.0, teacher_layer=2)
+
+
+def test_adapters_expose_the_last_layers_value_vectors() -> None:
+    """`run(..., ["values"])` gives the last layer's value projection of its input (the previous layer's hidden
+    states), split into heads; gradients reach the student's value projection through them."""
+    from codekd.models.adapters import run
+
+    torch.manual_seed(0)
+    model = build_student(custom_spec("roberta", 60, 12, 2, 3, 24), num_labels=3, max_positions=16)
+    model.eval()
+    ids = torch.randint(5, 60, (2, 7))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    out = run(model, inputs, ["values", "hidden_states"])
+    value = model.roberta.encoder.layer[-1].attention.self.value
+    expected = value(out.hidden_states[-2]).view(2, 7, 3, 4).transpose(1, 2)
+    torch.testing.assert_close(out.values, expected)
+    out.values.sum().backward()
+    assert value.weight.grad is not None and value.weight.grad.abs().sum() > 0
+    gru = build_student(custom_spec("gru", 60, 8, 1), num_labels=3, max_positions=16)
+    with pytest.raises(ValueError, match="no value vectors"):
+        run(gru, inputs, ["values"])

@@ -3,11 +3,12 @@ Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020).
 
 L = KL(A_t ‖ A_s) of the student's last-layer attention distributions against one teacher layer's
 (:func:`codekd.losses.attention_relation`; the paper distils the last layer, ``teacher_layer=-1``), plus
-``kd_weight``·CE(z_s/T, softmax(z_t/T)) (off by default: MiniLM itself uses no logits). ``reduction``:
-``token`` (default) averages the KL over the real query rows of the whole batch; ``example`` averages each
-example's rows, then the examples, as the paper defines the loss per example (MiniLM §3.1, eq. 5-6: the
-mean over heads and the |x| tokens of one input). The paper's value-relation term is not included: models
-expose attention maps but not their value vectors.
+``value_relation``·KL(VR_t ‖ VR_s) of the last layers' value relations softmax(V Vᵀ/√d_k)
+(:func:`codekd.losses.value_relation`, MiniLM §3.1 eq. 7-8; the paper's loss has weight 1, the default 0
+keeps the attention term alone), plus ``kd_weight``·CE(z_s/T, softmax(z_t/T)) (off by default: MiniLM itself
+uses no logits). ``reduction``: ``token`` (default) averages the KL over the real query rows of the whole
+batch; ``example`` averages each example's rows, then the examples, as the paper defines the loss per
+example (MiniLM §3.1, eq. 5-6: the mean over heads and the |x| tokens of one input).
 
 Tokens are matched by position as in CKD (:mod:`codekd.methods.layermap`): both maps are cut to the shorter
 length and keys that are padding on either side are removed, then every query row is renormalised over
@@ -39,7 +40,8 @@ class MiniLM(Method):
     summary = "MiniLM: KL of last-layer self-attention distributions (+ optional soft CE)"
     teacher_needs = ("logits", "attentions")
     student_needs = ("logits", "attentions")
-    defaults = {"teacher_layer": -1, "kd_weight": 0.0, "temperature": 1.0, "reduction": "token"}
+    defaults = {"teacher_layer": -1, "kd_weight": 0.0, "temperature": 1.0, "reduction": "token",
+                "value_relation": 0.0}
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__(student, teacher, **hparams)
@@ -55,6 +57,12 @@ class MiniLM(Method):
         self.teacher_idx = layer - 1 if layer > 0 else layer
         if self.hp["reduction"] not in ("token", "example"):
             raise ValueError(f"method 'minilm': option reduction={self.hp['reduction']!r}: expected token or example")
+        if self.hp["value_relation"] > 0:
+            if self.teacher_idx not in (-1, teacher.num_layers - 1):
+                raise ValueError(f"method 'minilm': value_relation uses the last layers' value vectors (the "
+                                 f"paper's), so teacher_layer={layer} cannot go with it: set teacher_layer -1")
+            self.teacher_needs = (*self.teacher_needs, "values")
+            self.student_needs = (*self.student_needs, "values")
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
@@ -66,4 +74,10 @@ class MiniLM(Method):
         )
         logit = losses.soft_cross_entropy(student.logits, teacher.logits, self.hp["temperature"])
         loss = attention + self.hp["kd_weight"] * logit
-        return {"loss": loss, "attention": attention.detach(), "logit": logit.detach()}
+        parts = {"attention": attention.detach(), "logit": logit.detach()}
+        if self.hp["value_relation"] > 0:
+            value = losses.value_relation(student.values[:, :, :n], teacher.values[:, :, :n], mask,
+                                          self.hp["reduction"])
+            loss = loss + self.hp["value_relation"] * value
+            parts["value"] = value.detach()
+        return {"loss": loss, **parts}

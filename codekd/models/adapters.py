@@ -3,7 +3,9 @@
 Methods never touch a model's modules; they receive `Outputs`. Hidden states follow Hugging Face
 conventions: for transformers, layer 0 is the embedding output and layers 1..L the blocks; for the
 BiGRU student, layers 1..L are the GRU layers (no embedding entry) and its per-layer first-token
-vectors are the per-layer final states (forward ‖ backward), as in the study's PKD for BiGRU.
+vectors are the per-layer final states (forward ‖ backward), as in the study's PKD for BiGRU. `values` are the
+last layer's self-attention value vectors (MiniLM's value relation), read by a forward hook on the value
+projection of BERT/RoBERTa-style encoders (`encoder.layer[-1].attention.self.value`).
 
 Decoder-only classifiers (Qwen2, Llama, GPT-2 … `ForSequenceClassification`) classify from their last
 token, so their per-layer "first-token" vectors are taken at the last real token of each row; they get
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-NEEDS = ("logits", "hidden_states", "first_token", "attentions")
+NEEDS = ("logits", "hidden_states", "first_token", "attentions", "values")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Outputs:
     hidden_states: tuple[Tensor, ...] | None = None
     first_token: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
+    values: Tensor | None = None  # the last layer's value vectors, (B, heads, N, head size)
 
     def to(self, device: torch.device | str) -> Outputs:
         """The same outputs on `device` (a teacher placed on another device than the student's)."""
@@ -37,7 +40,8 @@ class Outputs:
             return None if states is None else tuple(s.to(device) for s in states)
 
         return Outputs(self.logits.to(device), self.mask.to(device), move(self.hidden_states),
-                       move(self.first_token), move(self.attentions))
+                       move(self.first_token), move(self.attentions),
+                       None if self.values is None else self.values.to(device))
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,20 @@ def run(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str] = ("
     decoder = is_decoder_only(model)
     if decoder:
         inputs = {**inputs, "position_ids": (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)}
-    out = model(**inputs, output_hidden_states=hidden, output_attentions="attentions" in needs,
-                return_dict=True)
+    captured: list[Tensor] = []
+    hook = _value_projection(model).register_forward_hook(lambda m, i, o: captured.append(o)) \
+        if "values" in needs else None
+    try:
+        out = model(**inputs, output_hidden_states=hidden, output_attentions="attentions" in needs,
+                    return_dict=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     res = Outputs(logits=out.logits, mask=inputs["attention_mask"])
+    if hook is not None:
+        heads = unwrap(model).config.num_attention_heads
+        b, n, width = captured[-1].shape
+        res.values = captured[-1].view(b, n, heads, width // heads).transpose(1, 2)
     if hidden:
         res.hidden_states = tuple(out.hidden_states)
         if is_gru(model):
@@ -133,6 +148,19 @@ def run(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[str] = ("
             raise ValueError("the model returned no attention maps; load it with attn_implementation='eager'")
         res.attentions = tuple(out.attentions)
     return res
+
+
+def _value_projection(model: nn.Module) -> nn.Module:
+    """The last encoder layer's value projection (BERT, RoBERTa, CodeBERT, UniXcoder layout)."""
+    base = unwrap(model)
+    if is_gru(base):
+        raise ValueError("a BiGRU student has no attention, so no value vectors")
+    layers = getattr(getattr(base.base_model, "encoder", None), "layer", None)
+    value = getattr(getattr(getattr(layers[-1], "attention", None), "self", None), "value", None) if layers else None
+    if not isinstance(value, nn.Linear):
+        raise ValueError(f"value vectors: a {base.config.model_type!r} model has no BERT/RoBERTa-style value "
+                         "projection (encoder.layer[-1].attention.self.value); MiniLM's value_relation needs one")
+    return value
 
 
 @torch.no_grad()
@@ -167,4 +195,5 @@ def align_to(outputs: Outputs, index: Tensor, valid: Tensor) -> Outputs:
 
     hidden = None if outputs.hidden_states is None else tuple(tokens(h, 1) for h in outputs.hidden_states)
     attn = None if outputs.attentions is None else tuple(tokens(tokens(a, 2), 3) for a in outputs.attentions)
-    return Outputs(outputs.logits, mask, hidden, outputs.first_token, attn)
+    values = None if outputs.values is None else tokens(outputs.values, 2)
+    return Outputs(outputs.logits, mask, hidden, outputs.first_token, attn, values)
