@@ -175,3 +175,24 @@ def test_model_directory_json_bad_bytes(tmp_path):
     (tmp_path / "codekd.json").write_bytes(b'{"task": "exception",\n "max_length": ' + b"[" * 100_000 + b"\n")
     with pytest.raises(DataError, match=r"codekd.json:2: bad JSON: nested too deep"):
         read_json(tmp_path / "codekd.json")
+
+
+def test_transfer_source_bad_bytes_name_file_and_line(tmp_path):
+    """The `--transfer` reader decoded whole files and split them with `str.splitlines`: a bad byte had no line,
+    a BOM broke the first record, deep nesting was a RecursionError traceback."""
+    from codekd.data import get_task
+    from codekd.data.unlabelled import load_unlabelled
+
+    path = tmp_path / "transfer.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + REC.encode() + REC.encode().replace(b"\n", b"\r\n"))
+    assert len(load_unlabelled(get_task("defect"), path)) == 2
+    for payload, fragment in ((b'{"func": "\xff"}', "not UTF-8 text: byte 0xff"), (b"[" * 100_000, "nested too deep"),
+                              (b'{"func": "\\ud800"}', "lone surrogate"), (b'{"func": ' + b"7" * 5000 + b"}", "too long")):
+        path.write_bytes(REC.encode() + payload + b"\n")
+        with pytest.raises(DataError) as err:
+            load_unlabelled(get_task("defect"), path)
+        assert str(err.value).startswith(f"{path}:2: ") and fragment in str(err.value), err.value
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_bytes(b"def f():\n    return '\xff'\n")
+    with pytest.raises(DataError, match=r"a.py:2: not UTF-8 text"):
+        load_unlabelled(get_task("exception"), tmp_path / "src")

@@ -10,11 +10,11 @@ read as its `*.jsonl` / `*.jsontxt` files when it has any, else as raw source fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from codekd.data.readers import DataError, Example, record_code
 from codekd.data.tasks import Task
+from codekd.data.text import json_lines, read_text
 
 UNLABELLED = -100  # the label of a transfer example: the label term ignores it (PyTorch's ignore_index)
 SOURCE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".java", ".js", ".ts", ".go", ".rs")
@@ -45,10 +45,7 @@ def load_unlabelled(task: Task, path: str | Path) -> list[Example]:
 
 
 def _raw(path: Path) -> Example:
-    try:
-        code = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    code = read_text(path)  # bad bytes: a DataError naming the file and line
     if not code.strip():
         raise DataError(path, "empty source file")
     return Example(code, UNLABELLED, source=str(path))
@@ -56,17 +53,7 @@ def _raw(path: Path) -> Example:
 
 def _jsonl(task: Task, path: Path) -> list[Example]:
     out = []
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"bad JSON: {e.msg}", n) from None
+    for n, rec in json_lines(path):  # BOM, bad bytes, nesting, long numbers, surrogates: as every reader
         if not isinstance(rec, dict):
             raise DataError(path, "expected a JSON object", n)
         keys = ("func1", "func2") if task.pair else ("function",) if "function" in rec else ("func",)
