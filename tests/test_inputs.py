@@ -186,8 +186,9 @@ def test_transfer_source_bad_bytes_name_file_and_line(tmp_path):
     path = tmp_path / "transfer.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + REC.encode() + REC.encode().replace(b"\n", b"\r\n"))
     assert len(load_unlabelled(get_task("defect"), path)) == 2
-    for payload, fragment in ((b'{"func": "\xff"}', "not UTF-8 text: byte 0xff"), (b"[" * 100_000, "nested too deep"),
-                              (b'{"func": "\\ud800"}', "lone surrogate"), (b'{"func": ' + b"7" * 5000 + b"}", "too long")):
+    payloads = ((b'{"func": "\xff"}', "not UTF-8 text: byte 0xff"), (b"[" * 100_000, "nested too deep"),
+                (b'{"func": "\\ud800"}', "lone surrogate"), (b'{"func": ' + b"7" * 5000 + b"}", "too long"))
+    for payload, fragment in payloads:
         path.write_bytes(REC.encode() + payload + b"\n")
         with pytest.raises(DataError) as err:
             load_unlabelled(get_task("defect"), path)
