@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from codekd.data import Example, load_split
+from codekd.data import Example, get_task, load_split
 from codekd.encoding import InputSpec
 from codekd.models import build_student, custom_spec
 
@@ -51,6 +51,10 @@ def test_onnx_logits_equal_pytorch(student, small_exception, tmp_path):
     assert {"model.onnx", "codekd.json", "onnx.json", "tokenizer.json"} <= files
     assert InputSpec.load(tmp_path / "onnx") == InputSpec.load(student)
     assert json.loads((tmp_path / "onnx" / "onnx.json").read_text())["labels"][0] == "ValueError"
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())  # the labels, without PyTorch pointers
+    assert [config["id2label"][str(i)] for i in range(20)] == list(get_task("exception").labels)
+    assert not {"auto_map", "custom_pipelines"} & set(config)
+    assert "README.md" in files and "## ONNX export" in (tmp_path / "onnx" / "README.md").read_text()
     torch_p, onnx_p = Predictor.from_pretrained(student), Predictor.from_pretrained(tmp_path / "onnx")
     batch = _mixed_batch(torch_p, small_exception)  # a different batch size and width than the traced one
     np.testing.assert_allclose(onnx_p.forward(batch), torch_p.forward(batch), atol=1e-4, rtol=0)

@@ -88,7 +88,7 @@ def decoder_teachers(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_teacher(tiny_data, decoder_teachers, tmp_path_factory):
     """A LoRA adapter (and its trained head) on a Qwen2 base, saved as peft saves it, with its labels."""
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip("peft", reason="LoRA teachers need the optional peft extra (pip install 'codekd[peft]')")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base = tmp_path_factory.mktemp("base") / "qwen2-base"
@@ -155,11 +155,12 @@ TEACHER_STUDENT = [(f, s) for f in (*FAMILIES, "lora") for s in ("roberta-0.6m",
 
 
 @pytest.mark.parametrize("family,student", TEACHER_STUDENT, ids=[f"{f}-{s}" for f, s in TEACHER_STUDENT])
-def test_hf_classifier_teachers_distil_with_offsets_and_the_cache(family, student, decoder_teachers, lora_teacher,
+def test_hf_classifier_teachers_distil_with_offsets_and_the_cache(family, student, decoder_teachers, request,
                                                                   tiny_data, small_vocab, tmp_path):
     from codekd.pipeline import CacheOptions
 
-    teacher = lora_teacher[0] if family == "lora" else decoder_teachers[family]
+    # only the LoRA cases need peft (and skip without it)
+    teacher = request.getfixturevalue("lora_teacher")[0] if family == "lora" else decoder_teachers[family]
     hparams = {"parts": [{"method": "pkd", "weight": 1.0}, {"method": "tinybert", "weight": 1.0}]}
     m = distill("exception", tiny_data, student, small_vocab, "combo", tmp_path / "run",
                 TrainConfig(epochs=1, lr=1e-3, batch_size=8), teacher=teacher, max_length=32, hparams=hparams,
@@ -188,30 +189,69 @@ def test_label_mismatch_is_one_line(tiny_data, tmp_path, small_vocab, monkeypatc
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 
 
-def test_loading_errors_are_one_line(tiny_data, tmp_path, tiny_teacher, monkeypatch, capsys):
+def test_loading_errors_are_one_line(tiny_data, tmp_path, tiny_teacher, tiny_encoder, small_vocab, monkeypatch,
+                                     capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     no_head = tmp_path / "no-head"  # a model type without any sequence-classification class
     (no_head).mkdir()
     (no_head / "config.json").write_text(json.dumps({"model_type": "clip_vision_model"}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "a-file").write_text("x")
+    missing, hub_id = tmp_path / "missing", "microsoft/unixcoder-base"
+    offline = "cannot be downloaded while HF_HUB_OFFLINE"
     cases = {
-        ("teacher", "--model", tmp_path / "missing"): "no such directory",
-        ("teacher", "--model", "microsoft/unixcoder-base"): "cannot be downloaded while HF_HUB_OFFLINE",
+        ("teacher", "--model", missing): "no such directory",
+        ("teacher", "--model", hub_id): offline,
         ("teacher", "--model", "demo-teacher"): "alias works in study files only",
         ("teacher", "--model", no_head): "not a sequence classifier",
         ("teacher", "--model", tmp_path / "broken"): "cannot load it",
-        ("evaluate", "--model", tmp_path / "missing"): "no such directory",
+        ("teacher", "--model", tmp_path / "a-file"): "not a directory",
+        ("evaluate", "--model", missing): "no such directory",
         ("evaluate", "--model", no_head): "not a sequence classifier",
-        ("predict", "--model", tmp_path / "missing"): "no such directory",
+        ("evaluate", "--model", tiny_encoder): "not a sequence classifier (config.json architectures RobertaModel",
+        ("predict", "--model", missing): "no such directory",
+        ("distill", "--teacher", missing): "no such directory",
+        ("distill", "--teacher", hub_id): offline,
+        ("distill", "--teacher", tiny_encoder): "no classification head was saved",
+        ("distill", "--teacher", no_head): "not a sequence classifier",
+        ("distill", "--student", missing): "no such directory",
+        ("distill", "--student", hub_id): offline,
+        ("cache", "--teacher", missing): "no such directory",
+        ("cache", "--teacher", hub_id): offline,
     }
     for (command, option, source), expected in cases.items():
+        student = [] if option == "--student" else ["--student", "roberta-0.6m", "--vocab", small_vocab]
+        teacher = [] if option == "--teacher" else ["--teacher", tiny_teacher]
         rest = {"teacher": ["--task", "exception", "--data", tiny_data, "--out", tmp_path / "out"],
-                "evaluate": ["--task", "exception", "--data", tiny_data], "predict": []}[command]
+                "evaluate": ["--task", "exception", "--data", tiny_data], "predict": [],
+                "distill": ["--task", "exception", "--data", tiny_data, "--method", "kd", "--out", tmp_path / "out",
+                            *student, *teacher],
+                "cache": ["--task", "exception", "--data", tiny_data, "--cache-dir", tmp_path / "cache"]}[command]
         code, err = _cli(monkeypatch, capsys, command, option, source, *rest)
         assert code == 2, (command, source, err)
         assert len(err.splitlines()) == 1 and expected in err and str(source) in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_adapter_without_its_base_model_is_one_line(lora_teacher, tiny_data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_teacher[0], adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, err = _cli(monkeypatch, capsys, "cache", "--teacher", adapter, "--task", "exception", "--data", tiny_data,
+                     "--cache-dir", tmp_path / "cache")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"--teacher {adapter}: its base model {tmp_path / 'gone'}: no such directory" in err
+
+
+def test_a_foreign_classifier_needs_the_task_to_be_evaluated(decoder_teachers, tiny_data, monkeypatch, capsys):
+    code, err = _cli(monkeypatch, capsys, "evaluate", "--model", decoder_teachers["gpt2"], "--data", tiny_data)
+    assert code == 2 and len(err.splitlines()) == 1 and "not a codekd model directory" in err, err
 
 
 def test_a_pretrained_encoder_directory_is_a_student(small_exception, tiny_encoder, tiny_teacher, small_vocab,

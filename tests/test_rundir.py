@@ -37,19 +37,29 @@ print("\nRESULT", json.dumps({"labels": [r["label"] for r in clf(inputs, batch_s
 """
 
 
+@pytest.fixture(scope="module")
+def student_dirs(small_exception, small_vocab, tiny_teacher, tmp_path_factory):
+    """A RoBERTa and a BiGRU student distilled at 32 tokens with focus truncation."""
+    root = tmp_path_factory.mktemp("rundir")
+    for kind, spec in STUDENTS.items():
+        distill("exception", small_exception, spec, small_vocab, "kd", root / kind,
+                TrainConfig(epochs=1, lr=3e-3, batch_size=16), teacher=tiny_teacher, max_length=MAX_LENGTH,
+                truncation="focus")
+    return {kind: root / kind for kind in STUDENTS}
+
+
 @pytest.fixture(scope="module", params=list(STUDENTS))
-def run_dir(request, small_exception, small_vocab, tiny_teacher, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rundir") / request.param
-    distill("exception", small_exception, STUDENTS[request.param], small_vocab, "kd", out,
-            TrainConfig(epochs=1, lr=3e-3, batch_size=16), teacher=tiny_teacher, max_length=MAX_LENGTH,
-            truncation="focus")
-    return out
+def run_dir(request, student_dirs):
+    return student_dirs[request.param]
 
 
-def test_pipeline_equals_codekd_predict_without_codekd(run_dir, small_exception, tmp_path):
+@pytest.mark.parametrize("kind", [*STUDENTS, "teacher"])
+def test_pipeline_equals_codekd_predict_without_codekd(kind, student_dirs, tiny_teacher, small_exception, tmp_path):
+    run_dir = tiny_teacher if kind == "teacher" else student_dirs[kind]  # the teacher: head truncation, 64 tokens
     codes = [ex.code for ex in load_split("exception", small_exception, "test", whitespace="keep")]
     predictor = Predictor.from_pretrained(run_dir)
-    assert sum(len(predictor.tokenizer(c)["input_ids"]) > MAX_LENGTH for c in codes) > len(codes) // 2
+    length = predictor.spec.max_length
+    assert sum(len(predictor.tokenizer(c)["input_ids"]) > length for c in codes) > len(codes) // 2
     expected = [r["label"] for r in predictor(codes)]
     (tmp_path / "inputs.json").write_text(json.dumps(codes))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
@@ -62,7 +72,7 @@ def test_pipeline_equals_codekd_predict_without_codekd(run_dir, small_exception,
     assert got["labels"] == expected
     assert not got["codekd_imported"]
     assert "trust_remote_code" in got["refused"]  # without the flag: transformers' own one-line refusal
-    assert got["max_length"] == MAX_LENGTH and got["side"] == "right" and got["collapsed"]
+    assert got["max_length"] == length and got["side"] == "right" and got["collapsed"]
     kind = "BiGRU" if (run_dir / "modeling_bigru.py").exists() else "Roberta"
     assert got["class"] == f"{kind}ForSequenceClassification"
 
@@ -78,3 +88,18 @@ def test_model_card_has_the_runs_figures_in_model_index(run_dir):
     text = card.text
     assert f"{metrics['parameters']:,}" in text and f"{100 * metrics['retention']:.1f} %" in text
     assert "**Method:** `kd`" in text and "**Teacher:**" in text and "licence:" in text
+
+
+def test_onnx_export_of_a_run_dir_carries_labels_and_no_pytorch_pointers(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra (pip install codekd[deploy])")
+    from codekd.data import get_task
+    from codekd.export import export_model
+
+    source = json.loads((run_dir / "config.json").read_text())
+    assert "custom_pipelines" in source and ("auto_map" in source) == (run_dir / "modeling_bigru.py").exists()
+    export_model(run_dir, tmp_path / "onnx")
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(20)] == list(get_task("exception").labels)
+    assert config["codekd_input"] == source["codekd_input"] and not {"auto_map", "custom_pipelines"} & set(config)
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert "**Method:** `kd`" in card and "## ONNX export" in card and "`config.json` holds the labels" in card

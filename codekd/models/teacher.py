@@ -149,6 +149,16 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def _check_classifier(path: Path, where: str) -> None:
+    """Refuse a directory saved without a classification head (`architectures` names none), which transformers
+    would load with a random head: a base model, a language model, a retriever."""
+    with open(path / "config.json", encoding="utf-8") as f:
+        architectures = json.load(f).get("architectures") or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise LoadError(f"{where}: not a sequence classifier (config.json architectures {', '.join(architectures)}: "
+                        "no classification head was saved; fine-tune it first, e.g. with codekd teacher --model)")
+
+
 def _adapter_base(path: Path) -> str:
     with open(path / ADAPTER_CONFIG, encoding="utf-8") as f:
         return json.load(f)["base_model_name_or_path"]
@@ -209,6 +219,7 @@ def load_classifier(source: str | Path, task: Task | str | None = None, option: 
         if not (path / "config.json").is_file():
             raise LoadError(f"{option} {source}: no config.json (nor {ADAPTER_CONFIG}): not a model directory")
         with _loading(option, source):
+            _check_classifier(path, f"{option} {source}")
             model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code)
         with _loading(option, source, "its tokenizer"):
             tokenizer = load_tokenizer(path, trust_remote_code)
