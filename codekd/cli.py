@@ -102,11 +102,12 @@ def vocab(task: str = typer.Option(..., help=TASK),
           data: Path = typer.Option(..., help="data directory (any supported layout)"),
           size: int = typer.Option(..., help="vocabulary size, e.g. 1000 2000 5000 20000 50000"),
           out: Path = typer.Option(..., help="output tokenizer directory"),
-          whitespace: str = typer.Option("collapse", help="collapse (the study) | keep")) -> None:
+          whitespace: str = typer.Option("collapse", help="collapse (the study) | keep"),
+          force: bool = typer.Option(False, help=FORCE)) -> None:
     """Train a byte-level BPE student vocabulary on the task's training code."""
     from codekd.pipeline import make_vocab
 
-    path = make_vocab(task, data, size, out, whitespace=whitespace)
+    path = make_vocab(task, data, size, out, whitespace=whitespace, force=force)
     console.print(f"vocabulary written to {path}")
 
 
@@ -133,6 +134,7 @@ BestMetric = Annotated[str | None, Opt(help="validation metric that picks the be
 LoggingSteps = Annotated[int | None, Opt(help="a training-loss row in log.csv every N optimizer steps (default 50)")]
 ReportTo = Annotated[str | None, Opt(help="csv (default; log.csv is always written) | tensorboard | none")]
 Resume = Annotated[bool, Opt(help="continue an interrupted run in OUT.partial/")]
+Force = Annotated[bool, Opt(help=f"{FORCE}; only an earlier run directory is replaced")]
 Config = Annotated[Path | None, Opt(help="YAML file of options (keys: option names); the command line wins")]
 NOT_OPTIONS = ("config", "resume", "cache", "cache_dir", "cache_dtype", "cache_budget_gb", "trust_remote_code")
 
@@ -164,14 +166,14 @@ def teacher(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
             warmup_ratio: WarmupRatio = None, lr_scheduler_type: Scheduler = None,
             early_stopping_patience: Patience = None, metric_for_best_model: BestMetric = None,
             logging_steps: LoggingSteps = None, report_to: ReportTo = None, resume: Resume = False,
-            config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
+            config: Config = None, trust_remote_code: TrustRemoteCode = False, force: Force = False) -> None:
     """Fine-tune a teacher (the study's defaults: AdamW 2e-5, batch 32, 5 epochs, 10% warm-up)."""
     from codekd.pipeline import train_teacher
 
     o = {"lr": 2e-5, **_options(ctx, config, ("task", "data", "model", "out"))}
     m = train_teacher(o["task"], o["data"], o["model"], o["out"], _train_config(o), int(o.get("max_length") or 512),
                       o.get("whitespace") or "collapse", o.get("unixcoder_prefix") or "auto", resume,
-                      o.get("truncation") or "head", trust_remote_code)
+                      o.get("truncation") or "head", trust_remote_code, force)
     console.print(_metrics_table(f"teacher on {m['task']}/test", [(str(o["model"]), m["model"])]))
 
 
@@ -211,7 +213,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
             metric_for_best_model: BestMetric = None, logging_steps: LoggingSteps = None, report_to: ReportTo = None,
             transfer: Path = typer.Option(None, help="unlabelled code (task JSONL without labels, or source files) "
                                           "the teacher labels for the distillation terms"),
-            resume: Resume = False, config: Config = None, trust_remote_code: TrustRemoteCode = False) -> None:
+            resume: Resume = False, config: Config = None, trust_remote_code: TrustRemoteCode = False,
+            force: Force = False) -> None:
     """Train a student by fine-tuning (ft) or distillation from a teacher (kd, dist, pkd, ckd, ...)."""
     merged = _options(ctx, config, ("task", "data", "student", "method", "out"), extra=("hparams",))
     hparams = {**(merged.pop("hparams", None) or {}), **_extra_options(ctx.args)}
@@ -234,7 +237,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
                     max_length=int(merged.get("max_length") or 512), whitespace=merged.get("whitespace") or "collapse",
                     hparams=hparams, resume=resume, align=merged.get("align") or "position",
                     truncation=merged.get("truncation") or "head", cache=cache_options,
-                    trust_remote_code=trust_remote_code, transfer=merged.get("transfer"))
+                    trust_remote_code=trust_remote_code, transfer=merged.get("transfer"), force=force)
     rows = [(f"{merged['student']} ({merged['method']})", m["model"])]
     if m["teacher"]:
         rows.append(("teacher", m["teacher"]))
@@ -386,17 +389,16 @@ def data_exception(src: list[Path] = typer.Option(None, "--from", help="source d
                    out: Path = typer.Option(..., help="output data directory (train/dev/test.jsonl)"),
                    seed: int = typer.Option(0, help="seed of the clause choice, split assignment and order"),
                    any_licence: bool = typer.Option(False, help="also take sources whose licence is not "
-                                                    "permissive or not known")) -> None:
+                                                    "permissive or not known"),
+                   force: bool = typer.Option(False, help=FORCE)) -> None:
     """Build an exception-classification corpus with CuBERT's recipe from Python sources."""
     from codekd.data.builder import build_exception
-    from codekd.io import check_new_output
 
-    check_new_output(out)
     for s in src or []:
         if not s.is_dir():
             _fail(f"--from {s}: not a directory")
     build_exception(src or None, out, seed, any_licence,
-                    log=lambda t: console.print(t, markup=False, highlight=False, soft_wrap=True))
+                    log=lambda t: console.print(t, markup=False, highlight=False, soft_wrap=True), force=force)
     console.print(f"corpus written to {out}")
 
 

@@ -28,8 +28,8 @@ import typer
 from torch import nn
 
 from codekd.data import Example, load_split
-from codekd.encoding import encode, model_task, pad_batch
-from codekd.io import atomic_dir, check_new_output, write_json
+from codekd.encoding import SPEC_FILE, encode, model_task, pad_batch
+from codekd.io import atomic_dir, check_new_output, output_of, write_json
 from codekd.models.teacher import load_model_dir
 from codekd.predict import (
     ONNX_FILE,
@@ -115,7 +115,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
 
 def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = None, opset: int = 17,
                  data: str | Path | None = None, task: str | None = None,
-                 tolerance: float = TOLERANCE, trust_remote_code: bool = False) -> dict[str, Any]:
+                 tolerance: float = TOLERANCE, trust_remote_code: bool = False, force: bool = False) -> dict[str, Any]:
     """Export a codekd model directory to an ONNX directory `out`; returns what `onnx.json` records.
 
     `data` (a data directory of the model's task) supplies real test examples for the check and, with
@@ -126,7 +126,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
     require_deploy("onnxruntime")
     if quantize not in (None, *QUANTIZE):
         raise ValueError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
-    check_new_output(out)
+    check_new_output(out, force, output_of(ONNX_META, SPEC_FILE))  # --force: an earlier export only
     model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
     t = model_task(spec, task, f"--task {task}: the model at {model_dir} was")
     test = load_split(t, data, "test", whitespace=spec.whitespace) if data is not None else []
@@ -137,7 +137,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
                             "source": str(model_dir), "tolerance": tolerance,
                             "versions": {lib: version(lib) for lib in ("torch", "onnx", "onnxruntime")}}
     batches = check_batches(reference, check)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=force) as tmp:
         export_onnx(model, trace, tmp / ONNX_FILE, opset)
         meta["max_abs_diff"] = max_logit_diff(reference.forward, onnx_forward(ort_session(tmp / ONNX_FILE)), batches)
         meta["checked_examples"] = len(check)
@@ -173,9 +173,11 @@ def export_command(
                                                    "metrics before/after int8")] = None,
     task: Annotated[str | None, typer.Option(help="must match the model's task, when given")] = None,
     trust_remote_code: TrustRemoteCode = False,
+    force: Annotated[bool, typer.Option(help="replace an earlier export at --out (atomically, once the new one is "
+                                             "complete)")] = False,
 ) -> None:
     """Export a model to ONNX (checked against PyTorch before anything is written)."""
-    meta = export_model(model, out, quantize, opset, data, task, trust_remote_code=trust_remote_code)
+    meta = export_model(model, out, quantize, opset, data, task, trust_remote_code=trust_remote_code, force=force)
     typer.echo(f"{out}: ONNX opset {opset}{', int8' if quantize else ''}; max |ONNX - PyTorch| logit difference "
                f"{meta['max_abs_diff']:.2g} on {meta['checked_examples']} examples (fp32)")
     for name, metrics in meta.get("metrics", {}).items():

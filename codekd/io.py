@@ -101,6 +101,18 @@ def check_new_output(path: str | Path, force: bool = False, keep: str | Path | N
     return path
 
 
+def output_of(*names: str, only: bool = False) -> Callable[[Path], bool]:
+    """A `check_new_output` `replaceable` test for a command that writes a directory: `path` is a directory
+    holding the files `names` (and, with `only`, nothing else), i.e. an earlier output of that command."""
+    def test(path: Path) -> bool:
+        if not path.is_dir() or path.is_symlink():
+            return False
+        files = {p.name for p in path.iterdir()}
+        return set(names) <= files and (not only or files <= set(names))
+
+    return test
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -54,6 +54,7 @@ from codekd.io import (
     check_new_output,
     disk_errors,
     exclusive_lock,
+    output_of,
     read_json,
     write_json,
 )
@@ -84,6 +85,7 @@ hf_logging.disable_progress_bar()  # codekd draws its own progress; per-file loa
 RUN_CONFIG = "run.yaml"
 ALIGN = ("position", "offsets")
 METRICS = "metrics.json"
+VOCAB_FILES = ("tokenizer.json", "tokenizer_config.json")  # what `make_vocab` writes
 
 
 def environment() -> dict[str, Any]:
@@ -96,13 +98,14 @@ def environment() -> dict[str, Any]:
 
 
 def make_vocab(task: str | Path | Task, data: str | Path, size: int, out: str | Path, max_length: int = 512,
-               whitespace: str = "collapse") -> Path:
+               whitespace: str = "collapse", force: bool = False) -> Path:
     """Train a student BPE vocabulary of `size` tokens on the task's training code (as the students see it).
 
-    Every split is read and checked first, as by every command: a broken test split fails here, not later."""
-    check_new_output(out)
+    Every split is read and checked first, as by every command: a broken test split fails here, not later.
+    `force` replaces an earlier vocabulary at `out` (a directory of a tokenizer's files only), atomically."""
+    check_new_output(out, force, output_of(*VOCAB_FILES, only=True))
     examples = load_splits(task, data, whitespace=whitespace)["train"]
-    return save_vocab(train_vocab(training_texts(examples), size, max_length), out)
+    return save_vocab(train_vocab(training_texts(examples), size, max_length), out, replace=force)
 
 
 def size_mb(model_dir: Path) -> float:
@@ -241,8 +244,9 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
          spec: InputSpec, method_name: str, hparams: dict[str, Any], cfg: TrainConfig, out: Path,
          config: dict[str, Any], resume: bool, teachers: Sequence[ModelDir] = (),
          teacher_weights: Sequence[float] | None = None, align: str = "position",
-         cache: CacheOptions | None = None) -> dict[str, Any]:
-    """Train `model` with a method, then test the best epoch and assemble `out` atomically."""
+         cache: CacheOptions | None = None, force: bool = False) -> dict[str, Any]:
+    """Train `model` with a method, then test the best epoch and assemble `out` atomically (replacing an earlier
+    run there only with `force`, once the new one is complete)."""
     if align not in ALIGN:
         raise ValueError(f"--align {align!r}: expected one of {', '.join(ALIGN)}")
     if align == "offsets" and any(t.spec.whitespace != spec.whitespace for t in teachers):
@@ -301,7 +305,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         metrics["teacher_parameters"] = best_teacher["parameters"]
         metrics["retention"] = metrics["model"][task.headline] / max(metrics["teacher"][task.headline], 1e-12)
     if state.is_main_process:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, replace=force) as tmp:
             for f in (work / "best").iterdir():
                 shutil.copy2(f, tmp / f.name)
             shutil.copy2(work / LOG_FILE, tmp / LOG_FILE)
@@ -319,21 +323,23 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
 
 def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, out: str | Path, cfg: TrainConfig,
                   max_length: int = 512, whitespace: str = "collapse", unixcoder_prefix: str = "auto",
-                  resume: bool = False, truncation: str = "head", trust_remote_code: bool = False) -> dict[str, Any]:
-    """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning)."""
+                  resume: bool = False, truncation: str = "head", trust_remote_code: bool = False,
+                  force: bool = False) -> dict[str, Any]:
+    """Fine-tune any Hugging Face encoder on a task (the study's teacher fine-tuning); `force` replaces an earlier
+    run directory at `out`."""
     t = get_task(task)
     out = Path(out)
     config = {"command": "teacher", **task_record(t), "data": str(data), "model": str(model), "max_length": max_length,
               "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, "truncation": truncation,
               **asdict(cfg)}
-    check_new_output(out)
+    check_new_output(out, force, output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
     net, tok = load_pretrained_encoder(str(model), t, "--model", trust_remote_code)
     prefix = resolve_unixcoder_prefix(tok, unixcoder_prefix)
     spec = InputSpec(t.name, max_input_length(tok, max_length), whitespace, prefix, truncation, task_def=t.to_dict())
     with _run_guard(out):
-        return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume)
+        return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume, force=force)
 
 
 def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -> StudentSpec:
@@ -364,7 +370,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
             resume: bool = False, teacher_weights: Sequence[float] | None = None,
             align: str = "position", truncation: str = "head",
             cache: CacheOptions | None = None, trust_remote_code: bool = False,
-            transfer: str | Path | None = None) -> dict[str, Any]:
+            transfer: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Train a student by `method`: a preset name or `StudentSpec` with its own vocabulary (`vocab`), or a
     pre-trained HF encoder directory with its own tokenizer (then `vocab` is None; it gets a new head).
 
@@ -404,7 +410,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
               "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
               "truncation": truncation, **asdict(cfg), **({"transfer": str(transfer)} if transfer else {})}
-    check_new_output(out)
+    check_new_output(out, force, output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
     method_cls = get_method(method)
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")
@@ -436,7 +442,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
                      task_def=t.to_dict())
     with _run_guard(out):
         return _run(t, splits, net, tok, spec, method, hparams, cfg, out, config, resume, loaded, teacher_weights,
-                    align, CacheOptions() if cache is None else cache)
+                    align, CacheOptions() if cache is None else cache, force=force)
 
 
 def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path, split: str = "train",

@@ -47,8 +47,9 @@ def train_vocab(texts: list[str], size: int, max_length: int = 512) -> PreTraine
     return tok
 
 
-def save_vocab(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> Path:
-    """Write the tokenizer directory atomically (nothing appears at `out` until it is complete)."""
-    with atomic_dir(out) as tmp:
+def save_vocab(tokenizer: PreTrainedTokenizerFast, out: str | Path, replace: bool = False) -> Path:
+    """Write the tokenizer directory atomically (nothing appears at `out` until it is complete; with `replace`, an
+    existing `out` goes only then)."""
+    with atomic_dir(out, replace=replace) as tmp:
         tokenizer.save_pretrained(tmp)
     return Path(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -229,6 +230,28 @@ def test_evaluate_and_bench_out_that_exists_needs_force(small_exception, tiny_te
     assert rc == 0 and json.loads(out.read_text())["split"] == "test"
 
 
+@pytest.mark.parametrize("command", ["vocab", "teacher", "distill", "export", "data exception"])
+def test_an_output_directory_that_exists_is_refused_before_any_work(command, small_exception, small_vocab,
+                                                                    tiny_teacher, tmp_path, monkeypatch, capsys):
+    """Every command that writes a directory refuses an existing --out in one line, exit 2, having written nothing
+    (`data exception` refused it only after reading every source, a minute here)."""
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / "out"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "notes.txt").write_text("precious")
+    args = {"vocab": ["vocab", "--task", "exception", "--data", small_exception, "--size", "300"],
+            "teacher": ["teacher", "--task", "exception", "--data", small_exception, "--model", tiny_teacher],
+            "distill": ["distill", "--task", "exception", "--data", small_exception, "--teacher", tiny_teacher,
+                        "--student", "roberta-0.6m", "--vocab", small_vocab, "--method", "kd"],
+            "export": ["export", "--model", tiny_teacher],
+            "data exception": ["data", "exception", "--from", Path(__file__).parent / "fixtures"]}[command]
+    before = _tree(tmp_path)
+    rc, err = codekd_main(monkeypatch, capsys, *args, "--out", out)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and f"{out}: already exists" in err, err
+    assert _tree(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -359,3 +382,48 @@ def test_second_run_on_the_same_out_exits_at_once_and_the_lock_dies_with_its_hol
     after = FileLock(lock)
     after.acquire(timeout=5)  # a Timeout if the dead holder's lock had outlived it
     after.release()
+
+
+def test_force_replaces_only_an_earlier_output_of_the_same_command(small_exception, small_vocab, tiny_encoder,
+                                                                   tiny_teacher, tmp_path, monkeypatch, capsys):
+    """`--force` on the commands that write directories (vocab, teacher, distill, export, data exception):
+    an earlier output of that command is replaced once the new one is complete; any other directory is kept."""
+    import json
+    import shutil
+
+    from test_builder import _tree as sources
+
+    foreign = tmp_path / "mine"
+    (foreign / "keep").mkdir(parents=True)
+    cases = {
+        "vocab": ["vocab", "--task", "exception", "--data", small_exception, "--size", "300"],
+        "teacher": ["teacher", "--task", "exception", "--data", small_exception, "--model", tiny_encoder,
+                    "--epochs", "1", "--max-length", "32", "--batch-size", "32"],
+        "data exception": ["data", "exception", *sum((["--from", s] for s in sources(tmp_path / "src")), []),
+                           "--any-licence"],
+    }
+    for name, args in cases.items():
+        out = tmp_path / name.replace(" ", "-")
+        assert codekd_main(monkeypatch, capsys, *args, "--out", out)[0] == 0
+        before = _tree(out)
+        rc, err = codekd_main(monkeypatch, capsys, *args, "--out", foreign, "--force")
+        assert rc == 2 and "not an output of this command" in err and (foreign / "keep").is_dir(), err
+        rc, err = codekd_main(monkeypatch, capsys, *args, "--out", out, "--force")
+        assert rc == 0, err
+        assert sorted(_tree(out)) == sorted(before) and not list(tmp_path.glob(f".{out.name}*"))
+        assert not out.with_name(out.name + ".partial").exists()
+    assert json.loads((tmp_path / "teacher" / "metrics.json").read_text())["method"] == "ft"
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_teacher, run_dir)
+    rc, err = codekd_main(monkeypatch, capsys, *cases["vocab"], "--out", run_dir, "--force")  # a model, not a vocab
+    assert rc == 2 and "not an output of this command" in err and (run_dir / "model.safetensors").is_file()
+    rc, err = codekd_main(monkeypatch, capsys, "distill", "--task", "exception", "--data", small_exception,
+                          "--teacher", tiny_teacher, "--student", "roberta-0.6m", "--vocab", small_vocab,
+                          "--method", "kd", "--epochs", "1", "--max-length", "32", "--batch-size", "32",
+                          "--out", run_dir, "--force")
+    assert rc == 0 and json.loads((run_dir / "metrics.json").read_text())["method"] == "kd", err
+    if importlib.util.find_spec("onnxruntime"):
+        out = tmp_path / "onnx"
+        for force in ([], ["--force"]):
+            rc, err = codekd_main(monkeypatch, capsys, "export", "--model", tiny_teacher, "--out", out, *force)
+            assert rc == 0 and (out / "onnx.json").is_file(), err

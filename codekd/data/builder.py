@@ -30,16 +30,16 @@ from pathlib import Path
 
 from codekd.data.licences import FOREIGN_HEADER, checkout_licence, distribution_licence, is_permissive
 from codekd.data.tasks import get_task
-from codekd.io import atomic_dir, write_json
+from codekd.io import atomic_dir, check_new_output, output_of, write_json
 
 HOLE = "__HOLE__"
 EXCEPTION_LABELS = get_task("exception").labels  # CuBERT's 20 classes, in index order
 SPLIT_FILES = {"train": "train.jsonl", "valid": "dev.jsonl", "test": "test.jsonl"}
+OUTPUT_FILES = (*SPLIT_FILES.values(), "counts.json", "projects.tsv", "left_out.tsv")  # what marks a built corpus
 FRACTIONS = {"train": 0.7, "valid": 0.15, "test": 0.15}
 MAX_CHARS = 6000  # CuBERT's function-length bound
 SKIP_DIRS = {"test", "tests", "testing", "idle_test", "__pycache__", "site-packages", "dist-packages",
              "_vendor", "vendor", "vendored", "third_party", "thirdparty", "3rdparty", "extern", "externals"}
-EXCEPTION_LABELS = get_task("exception").labels  # CuBERT's 20 classes, in its order
 _CLASSES = frozenset(EXCEPTION_LABELS)
 # a file can hold a candidate only if some `except` line names a class (saves parsing most files)
 _MAYBE = re.compile(r"except\b[^\n:]*\b(?:" + "|".join(EXCEPTION_LABELS) + r")\b")
@@ -194,9 +194,10 @@ def _assign_splits(projects: list[Project], seed: int) -> dict[str, list[Project
 
 
 def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
-                    any_licence: bool = False, log=print) -> dict:
+                    any_licence: bool = False, log=print, force: bool = False) -> dict:
     """Build the corpus into `out` (train/dev/test.jsonl in CuBERT's layout, `counts.json`,
-    `counts.md`, `projects.tsv`, `left_out.tsv`); returns the counts."""
+    `counts.md`, `projects.tsv`, `left_out.tsv`); returns the counts. `force` replaces an earlier corpus there."""
+    check_new_output(out, force, output_of(*OUTPUT_FILES))  # before a minute of reading sources, not at the end
     sources = [Path(s) for s in (sources or default_sources())]
     for s in sources:
         if not s.is_dir():
@@ -277,7 +278,7 @@ def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
         "per_class": {c: {s: sum(r["label"] == c for r in rows[s]) for s in SPLIT_FILES} for c in EXCEPTION_LABELS},
         "total": {s: len(rows[s]) for s in SPLIT_FILES}, "transfer": len(transfer),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=force) as tmp:
         for s, name in SPLIT_FILES.items():
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[s])
