@@ -126,7 +126,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
     require_deploy("onnxruntime")
     if quantize not in (None, *QUANTIZE):
         raise ValueError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
-    check_new_output(out, force, output_of(ONNX_META, SPEC_FILE))  # --force: an earlier export only
+    check_new_output(out, force, replaceable=output_of(ONNX_META, SPEC_FILE))  # --force: an earlier export only
     model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
     t = model_task(spec, task, f"--task {task}: the model at {model_dir} was")
     test = load_split(t, data, "test", whitespace=spec.whitespace) if data is not None else []

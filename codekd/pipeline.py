@@ -103,7 +103,7 @@ def make_vocab(task: str | Path | Task, data: str | Path, size: int, out: str | 
 
     Every split is read and checked first, as by every command: a broken test split fails here, not later.
     `force` replaces an earlier vocabulary at `out` (a directory of a tokenizer's files only), atomically."""
-    check_new_output(out, force, output_of(*VOCAB_FILES, only=True))
+    check_new_output(out, force, replaceable=output_of(*VOCAB_FILES, only=True))
     examples = load_splits(task, data, whitespace=whitespace)["train"]
     return save_vocab(train_vocab(training_texts(examples), size, max_length), out, replace=force)
 
@@ -332,7 +332,7 @@ def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, 
     config = {"command": "teacher", **task_record(t), "data": str(data), "model": str(model), "max_length": max_length,
               "whitespace": whitespace, "unixcoder_prefix": unixcoder_prefix, "truncation": truncation,
               **asdict(cfg)}
-    check_new_output(out, force, output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
+    check_new_output(out, force, replaceable=output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
     splits = load_splits(t, data, whitespace="keep")  # `encode` applies each model's whitespace mode
     set_seed(cfg.seed)
     net, tok = load_pretrained_encoder(str(model), t, "--model", trust_remote_code)
@@ -410,7 +410,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
               "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,
               "truncation": truncation, **asdict(cfg), **({"transfer": str(transfer)} if transfer else {})}
-    check_new_output(out, force, output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
+    check_new_output(out, force, replaceable=output_of(SPEC_FILE, METRICS, RUN_CONFIG))  # --force: an earlier run only
     method_cls = get_method(method)
     if method_cls.teacher_needs and not teachers:
         raise ValueError(f"--method {method} needs --teacher")

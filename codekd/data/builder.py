@@ -197,7 +197,7 @@ def build_exception(sources: list[Path] | None, out: str | Path, seed: int = 0,
                     any_licence: bool = False, log=print, force: bool = False) -> dict:
     """Build the corpus into `out` (train/dev/test.jsonl in CuBERT's layout, `counts.json`,
     `counts.md`, `projects.tsv`, `left_out.tsv`); returns the counts. `force` replaces an earlier corpus there."""
-    check_new_output(out, force, output_of(*OUTPUT_FILES))  # before a minute of reading sources, not at the end
+    check_new_output(out, force, replaceable=output_of(*OUTPUT_FILES))  # before reading any source
     sources = [Path(s) for s in (sources or default_sources())]
     for s in sources:
         if not s.is_dir():
