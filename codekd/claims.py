@@ -11,8 +11,8 @@ initialisation, which both rows use):
 - (b) per student: the feature-based row with the best mean test score against the logit-based row with the
   best mean (rows with a transfer set left out, since they see more data). Picking both by their test
   means favours neither family; the claim holds when the feature mean ≥ the logit mean.
-- (c) the best row of the students with at most `small` parameters: its mean headline ÷ the teacher's
-  mean headline ≥ `keep`.
+- (c) the best row of the students with at most `SMALL` parameters: its mean headline ÷ the teacher's
+  mean headline ≥ `KEEP`.
 """
 
 from __future__ import annotations
@@ -50,13 +50,18 @@ class Verdict:
         return [self.claim, self.subject, self.compared, diff, str(self.n_pairs), p, verdict]
 
 
+def _config(cell: Cell) -> dict[str, Any]:
+    """The study cell config its records were run with (empty for records written without one)."""
+    return cell.records[0].get("config") or {}
+
+
 def base_method(cell: Cell) -> str:
-    """The registered method a (possibly renamed) study row ran, from its records' cell config."""
-    return (cell.records[0].get("config") or {}).get("method", cell.method)
+    """The registered method a (possibly renamed) study row ran."""
+    return _config(cell).get("method", cell.method)
 
 
 def uses_transfer(cell: Cell) -> bool:
-    return bool((cell.records[0].get("config") or {}).get("transfer"))
+    return bool(_config(cell).get("transfer"))
 
 
 def family(cell: Cell) -> str:
@@ -79,7 +84,7 @@ def _versus(claim: str, subject: str, a: Cell, b: Cell, better: bool) -> Verdict
     return Verdict(claim, subject, f"{a.method} vs {b.method}", diff, n, p, holds)
 
 
-def claims(cells: Sequence[Cell], small: int = SMALL, keep: float = KEEP) -> list[Verdict]:
+def claims(cells: Sequence[Cell]) -> list[Verdict]:
     """The verdicts of claims (a), (b) per (task, teacher, student) and (c) per (task, teacher)."""
     verdicts: list[Verdict] = []
     groups: dict[tuple[str, str], list[Cell]] = {}
@@ -99,12 +104,12 @@ def claims(cells: Sequence[Cell], small: int = SMALL, keep: float = KEEP) -> lis
             if best["logit"] and best["feature"]:
                 verdicts.append(_versus("b", subject, best["feature"], best["logit"], better=False))
         teacher_row = next((c for c in mine if c.student is None), None)
-        candidates = [c for c in students if (c.efficiency["parameters"] or small + 1) <= small]
+        candidates = [c for c in students if (c.efficiency["parameters"] or SMALL + 1) <= SMALL]
         if teacher_row is not None and candidates:
-            top = max(candidates, key=_mean)
-            kept = 100 * _mean(top) / _mean(teacher_row) if _mean(teacher_row) else None
+            top, reference = max(candidates, key=_mean), _mean(teacher_row)
+            kept = 100 * _mean(top) / reference if reference else None
             verdicts.append(Verdict("c", f"{task} / {teacher}", f"{top.student} {top.method} ÷ teacher", kept,
-                                    len(top.scores), None, None if kept is None else kept >= 100 * keep))
+                                    len(top.scores), None, None if kept is None else kept >= 100 * KEEP))
     return verdicts
 
 
