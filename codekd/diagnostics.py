@@ -82,6 +82,11 @@ def majority_share(probs: Any) -> tuple[int, float]:
     return int(counts.argmax()), float(counts.max()) / max(len(pred), 1)
 
 
+def collapse_message(label: str, share: float, epoch: int) -> str:
+    """The console line's words for a student that predicts one class for `share` of the validation split."""
+    return f"the student predicts {label} for {share:.0%} of the validation split after epoch {epoch}"
+
+
 def collapse_diagnostic(history: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any] | None:
     """A record when, after some epoch, one class took ≥ 95 % of the validation predictions (the
     `majority` entries the training loop writes into each epoch's history)."""
@@ -89,7 +94,7 @@ def collapse_diagnostic(history: Sequence[dict[str, Any]], labels: Sequence[str]
     if not epochs:
         return None
     first = epochs[0]["majority"]
-    return _record("collapsed", f"the student predicts {labels[first['class']]} for {first['share']:.0%} of the "
-                   f"validation split after epoch {epochs[0]['epoch']} (collapsed in epochs "
-                   f"{', '.join(str(h['epoch']) for h in epochs)})", epochs=[h["epoch"] for h in epochs],
+    line = collapse_message(labels[first["class"]], first["share"], epochs[0]["epoch"])
+    numbers = [h["epoch"] for h in epochs]
+    return _record("collapsed", f"{line} (collapsed in epochs {', '.join(map(str, numbers))})", epochs=numbers,
                    label=labels[first["class"]], share=first["share"])

@@ -41,7 +41,7 @@ from codekd.device import (
     teacher_precision,
     to_device,
 )
-from codekd.diagnostics import COLLAPSE_SHARE, majority_share
+from codekd.diagnostics import COLLAPSE_SHARE, collapse_message, majority_share
 from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_file, is_main_process, write_json
 from codekd.methods import Method
@@ -403,8 +403,8 @@ def fit(student: nn.Module, method: Method, train: EncodedData, valid: EncodedDa
                       "majority": majority}
             result.history.append(record)
             if majority["share"] >= COLLAPSE_SHARE:
-                console.print(f"warning: collapsed: the student predicts {task.labels[majority['class']]} for "
-                              f"{majority['share']:.0%} of the validation split after epoch {epoch}",
+                console.print(f"warning: collapsed: "
+                              f"{collapse_message(task.labels[majority['class']], majority['share'], epoch)}",
                               highlight=False, soft_wrap=True)
             log.log({"step": epoch * steps_per_epoch, "epoch": epoch, "learning_rate": scheduler.get_last_lr()[0],
                      "train_loss": record["train_loss"], **{f"eval_{k}": v for k, v in metrics.items() if k != "n"}})
