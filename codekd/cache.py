@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from codekd.data.text import shown
 from codekd.device import autocast, process_state, to_device
 from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_dir, disk_errors, exclusive_lock, is_main_process, process_alive, read_json, write_json
@@ -114,7 +115,7 @@ def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict]
     fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise ValueError(f"cache dtype {shown(dtype)}: expected one of {', '.join(DTYPES)}")
     needs = stored_needs(needs)
     return {"format": FORMAT, "teacher": teacher_fingerprint(teacher_dir), "task": task, "split": split,
             "data": data_fingerprint(items), "needs": list(needs), "dtype": dtype if len(needs) > 1 else "fp32",
@@ -275,7 +276,7 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
     """
     path = Path(path)
     if dtype not in DTYPES:
-        raise ValueError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise ValueError(f"cache dtype {shown(dtype)}: expected one of {', '.join(DTYPES)}")
     state = process_state()
     if state.is_main_process:
         with disk_errors(path.parent):

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codekd.data import DataError
-from codekd.data.text import load_yaml
+from codekd.data.text import load_yaml, shown
 from codekd.io import BusyError, DiskError, OutputExistsError, disk_error, is_main_process
 from codekd.trust import TrustRemoteCode
 
@@ -59,7 +59,7 @@ def _extra_options(args: list[str]) -> dict[str, str]:
     it = iter(args)
     for arg in it:
         if not arg.startswith("--"):
-            _fail(f"unexpected argument {arg!r}")
+            _fail(f"unexpected argument {shown(arg)}")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             value = next(it, None)
@@ -227,7 +227,7 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
         try:
             weights = [float(w) for w in weights.split(",")]
         except ValueError:
-            _fail(f"--teacher-weights {weights!r}: expected comma-separated numbers")
+            _fail(f"--teacher-weights {shown(weights)}: expected comma-separated numbers")
     train_cfg = _train_config(merged)
     cache_options = _cache_options(cache, cache_dir, cache_dtype, cache_budget_gb)
     from codekd.pipeline import distill as run_distill

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 
+from codekd.data.text import shown
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 TEACHER_DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,7 +33,7 @@ def bf16_supported(device: torch.device | None = None) -> bool:
 def check_precision(precision: str, option: str = "--precision") -> str:
     """`precision` if this machine supports it, else a clear error."""
     if precision not in PRECISIONS:
-        raise ValueError(f"{option} {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"{option} {shown(precision)}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError(f"{option} fp16 needs a CUDA GPU (it trains with a grad scaler); use fp32 or bf16")
     if precision == "bf16" and not bf16_supported():
@@ -73,7 +75,7 @@ def make_accelerator(precision: str) -> Accelerator:
 def teacher_device(option: str, device: torch.device) -> torch.device:
     """Where the frozen teacher runs, for a process whose device is `device` (`auto`: the same one)."""
     if option not in TEACHER_DEVICES:
-        raise ValueError(f"--teacher-device {option!r}: expected one of {', '.join(TEACHER_DEVICES)}")
+        raise ValueError(f"--teacher-device {shown(option)}: expected one of {', '.join(TEACHER_DEVICES)}")
     if option == "cuda" and device.type != "cuda":
         raise ValueError("--teacher-device cuda: this process has no CUDA device")
     return torch.device("cpu") if option == "cpu" else device

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from codekd.data import Example, Task, get_task, normalize_code
 from codekd.data.tasks import is_task_file, task_from_mapping
+from codekd.data.text import shown
 from codekd.hub.codekd_text import encode_texts, tokenize
 from codekd.io import read_json, write_json
 from codekd.trust import from_pretrained
@@ -63,8 +64,8 @@ def model_task(spec: InputSpec, task: str | Path | Task | None, where: str) -> T
         return mine
     given = get_task(task)
     if given != mine:
-        differs = "defined differently" if given.name == mine.name else f"not {given.name!r}"
-        raise ValueError(f"{where} trained for task {mine.name!r}, {differs}")
+        differs = "defined differently" if given.name == mine.name else f"not {shown(given.name)}"
+        raise ValueError(f"{where} trained for task {shown(mine.name)}, {differs}")
     return mine
 
 
@@ -80,7 +81,7 @@ def resolve_unixcoder_prefix(tokenizer: PreTrainedTokenizerBase, mode: str) -> b
     if mode == "on" and not is_unixcoder(tokenizer):
         raise ValueError(f"--unixcoder-prefix on: the tokenizer has no {UNIXCODER_TOKEN} token")
     if mode not in ("on", "off"):
-        raise ValueError(f"--unixcoder-prefix {mode!r}: expected auto, on or off")
+        raise ValueError(f"--unixcoder-prefix {shown(mode)}: expected auto, on or off")
     return mode == "on"
 
 
@@ -103,10 +104,10 @@ def input_settings(tokenizer: PreTrainedTokenizerBase, spec: InputSpec) -> dict[
     A bad truncation mode, or focus truncation on a task without a marker (or with pairs), is refused here.
     """
     if spec.truncation not in TRUNCATION:
-        raise ValueError(f"--truncation {spec.truncation!r}: expected one of {', '.join(TRUNCATION)}")
+        raise ValueError(f"--truncation {shown(spec.truncation)}: expected one of {', '.join(TRUNCATION)}")
     task = spec.get_task()
     if spec.truncation == "focus" and (task.focus is None or task.pair):
-        raise ValueError(f"--truncation focus: task {spec.task!r} has no marker to centre the input on")
+        raise ValueError(f"--truncation focus: task {shown(spec.task)} has no marker to centre the input on")
     normalize_code("", spec.whitespace)  # validates the mode
     return {"max_length": spec.max_length, "whitespace": spec.whitespace, "truncation": spec.truncation,
             "marker": task.focus if spec.truncation == "focus" else None, "prefix": _prefix(tokenizer, spec)}
@@ -190,7 +191,7 @@ class EncodedData(torch.utils.data.Dataset):
         self.pad_to = pad_to or {}  # view → fixed batch width (pad to max_length); others pad to the longest
         for name, (items, _) in views.items():
             if len(items) != len(self.labels):
-                raise ValueError(f"view {name!r} has {len(items)} items for {len(self.labels)} labels")
+                raise ValueError(f"view {shown(name)} has {len(items)} items for {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)

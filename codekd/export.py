@@ -28,6 +28,7 @@ import typer
 from torch import nn
 
 from codekd.data import Example, load_split
+from codekd.data.text import shown
 from codekd.encoding import SPEC_FILE, encode, model_task, pad_batch
 from codekd.io import atomic_dir, check_new_output, output_of, write_json
 from codekd.models.teacher import load_model_dir
@@ -125,7 +126,7 @@ def export_model(model_dir: str | Path, out: str | Path, quantize: str | None = 
     require_deploy("onnx")
     require_deploy("onnxruntime")
     if quantize not in (None, *QUANTIZE):
-        raise ValueError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
+        raise ValueError(f"--quantize {shown(quantize)}: expected {' or '.join(QUANTIZE)}")
     check_new_output(out, force, replaceable=output_of(ONNX_META, SPEC_FILE))  # --force: an earlier export only
     model, tokenizer, spec = load_model_dir(model_dir, trust_remote_code)
     t = model_task(spec, task, f"--task {task}: the model at {model_dir} was")

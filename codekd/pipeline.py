@@ -34,7 +34,7 @@ from codekd.cache import TeacherCache, build_cache, cache_dir, default_cache_roo
 from codekd.compat import study_settings
 from codekd.data import SPLITS, Task, get_task, load_split, load_splits
 from codekd.data.tasks import task_record
-from codekd.data.text import load_yaml
+from codekd.data.text import load_yaml, shown
 from codekd.data.unlabelled import load_unlabelled
 from codekd.device import process_state, teacher_precision
 from codekd.diagnostics import collapse_diagnostic, method_diagnostics, soft_target_diagnostic
@@ -248,7 +248,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     """Train `model` with a method, then test the best epoch and assemble `out` atomically (replacing an earlier
     run there only with `force`, once the new one is complete)."""
     if align not in ALIGN:
-        raise ValueError(f"--align {align!r}: expected one of {', '.join(ALIGN)}")
+        raise ValueError(f"--align {shown(align)}: expected one of {', '.join(ALIGN)}")
     if align == "offsets" and any(t.spec.whitespace != spec.whitespace for t in teachers):
         raise ValueError("--align offsets needs the teacher and the student to use the same --whitespace mode")
     configure(model, tokenizer, spec)
@@ -403,7 +403,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
         train_settings, method_settings = study_settings(method, kind)
         cfg, hparams = replace(cfg, **train_settings), {**hparams, **method_settings}
     if cfg.gru_over_pads and kind != "gru":
-        raise ValueError(f"--gru-over-pads needs a BiGRU student, not {student!r}")
+        raise ValueError(f"--gru-over-pads needs a BiGRU student, not {shown(student)}")
     config = {"command": "distill", **task_record(t), "data": str(data),
               "student": str(pretrained) if pretrained else asdict(spec_s),
               "vocab": None if vocab is None else str(vocab), "method": method, "teachers": [str(t) for t in teachers],
@@ -455,7 +455,7 @@ def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path
     options = options or CacheOptions()
     t = get_task(task)
     if split not in SPLITS:
-        raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise ValueError(f"--split {shown(split)}: expected one of {', '.join(SPLITS)}")
     examples = load_split(t, data, split, whitespace="keep")
     loaded = load_for_task(teacher, t, "--teacher", trust_remote_code, foreign_inputs(t))
     prepare(loaded.model, needs)
@@ -475,7 +475,7 @@ def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: 
     if out is not None:
         check_new_output(out, force)
     if split not in SPLITS:
-        raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise ValueError(f"--split {shown(split)}: expected one of {', '.join(SPLITS)}")
     foreign = task is not None and not (Path(model_dir) / SPEC_FILE).is_file()  # a custom task's name suffices here
     model, tok, spec, _ = load_for_task(model_dir, task, "--model", trust_remote_code,
                                         foreign_inputs(task) if foreign else None)

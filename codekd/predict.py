@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from codekd.data import DataError, Example, Task, normalize_code
 from codekd.data.readers import InvalidRecord, record_inputs
-from codekd.data.text import decode_text, open_binary, parse_json, raw_lines, read_text
+from codekd.data.text import decode_text, open_binary, parse_json, raw_lines, read_text, shown
 from codekd.encoding import InputSpec, batch_order, encode, load_tokenizer, model_task, pad_batch
 from codekd.models.adapters import run_frozen
 from codekd.models.teacher import check_source, load_model_dir
@@ -184,7 +184,7 @@ class Predictor:
         examples = []
         for i, item in enumerate(inputs):
             if self.task.pair and not (isinstance(item, tuple | list) and len(item) == 2):
-                raise ValueError(f"input item {i}: task {self.task.name!r} takes (code1, code2) pairs")
+                raise ValueError(f"input item {i}: task {shown(self.task.name)} takes (code1, code2) pairs")
             rec = dict(zip(self.task.inputs, item if self.task.pair else [item], strict=True))
             try:
                 examples.append(_example(self.task, rec, self.spec.whitespace, f"item {i}"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from codekd.data import Task, demo_data_dir, get_task
 from codekd.data.tasks import is_task_file, task_record
-from codekd.data.text import load_yaml
+from codekd.data.text import load_yaml, shown
 from codekd.methods import get_method
 from codekd.models import get_preset
 from codekd.train_config import TrainConfig, check_config, train_options
@@ -130,7 +130,7 @@ def _check_names(path: Path, where: str, names: Any) -> None:
     """Names that become file names in the study directory: letters, digits, `.`, `_`, `-`, never `..`."""
     for name in [names] if isinstance(names, str | int) else names:
         if not isinstance(name, str | int) or not SAFE_NAME.fullmatch(str(name)) or ".." in str(name):
-            _fail(path, where, f"{name!r}: a name may hold only letters, digits, '.', '_' and '-' (and no '..'): "
+            _fail(path, where, f"{shown(name)}: a name may hold only letters, digits, '.', '_' and '-' (and no '..'): "
                   "it becomes a file name in the study directory")
 
 
@@ -165,7 +165,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             _fail(path, f"data.{key}", str(e))
         _check_names(path, f"data.{key}", task.name)
         if task.name in tasks:
-            _fail(path, f"data.{key}", f"a second task named {task.name!r}")
+            _fail(path, f"data.{key}", f"a second task named {shown(task.name)}")
         tasks[task.name] = task
         data[task.name] = resolve_data(str(value))
         if not data[task.name].is_dir():
@@ -179,11 +179,17 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
                                          else ((m, {}) for m in raw["methods"]))}
     for m, opts in methods.items():
         try:
-            get_method(opts.get("method", m))
+            cls = get_method(opts.get("method", m))
         except ValueError as e:
             _fail(path, f"methods.{m}" if "method" in opts else "methods", str(e))
         if set(opts) - {"hparams", "train", "align", "method", "transfer"}:
             _fail(path, f"methods.{m}", "expected only method, hparams, train, align and transfer")
+        if not isinstance(opts.get("hparams", {}), dict):
+            _fail(path, f"methods.{m}.hparams", "expected a mapping of the method's options")
+        try:
+            cls.options(opts.get("hparams", {}))
+        except ValueError as e:
+            _fail(path, f"methods.{m}.hparams", str(e))
         if opts.get("transfer") is not None:  # unlabelled code for the distillation terms (a path)
             opts["transfer"] = str(resolve_data(str(opts["transfer"])))
         opts["train"] = _train_options(path, f"methods.{m}.train", opts.get("train", {}))
@@ -238,9 +244,9 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in value.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {value!r}: expected i/n, e.g. 0/4") from None
+        raise ValueError(f"--shard {shown(value)}: expected i/n, e.g. 0/4") from None
     if not 0 <= i < n:
-        raise ValueError(f"--shard {value!r}: expected 0 ≤ i < n")
+        raise ValueError(f"--shard {shown(value)}: expected 0 ≤ i < n")
     return i, n
 
 
@@ -255,7 +261,7 @@ def matches(cell: Cell, only: Sequence[str]) -> bool:
     for f in only:
         key, eq, globs = f.partition("=")
         if not eq or key not in fields:
-            raise ValueError(f"--only {f!r}: expected KEY=PATTERN with KEY one of {', '.join(fields)}")
+            raise ValueError(f"--only {shown(f)}: expected KEY=PATTERN with KEY one of {', '.join(fields)}")
         if not any(fnmatch.fnmatchcase(fields[key], g) for g in globs.split(",")):
             return False
     return True

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codekd.data import Task
+from codekd.data.text import shown
 from codekd.device import PRECISIONS, check_precision, process_state, teacher_device, teacher_precision
 from codekd.trainlog import REPORT_TO, tensorboard_writer_class
 
@@ -58,7 +59,7 @@ def train_options(opts: dict[str, Any], where: str = "") -> dict[str, Any]:
                 raise ValueError("expected true or false")
             typed[key] = kind(value)
         except ValueError as e:
-            raise ValueError(f"{where + '.' if where else '--'}{key} {value!r}: {e}") from None
+            raise ValueError(f"{where + '.' if where else '--'}{key} {shown(value)}: {e}") from None
     return typed
 
 
@@ -66,7 +67,7 @@ def best_metric(cfg: TrainConfig, task: Task) -> str:
     """The validation metric that picks the best epoch (HF's `eval_` prefix is accepted)."""
     name = cfg.metric_for_best_model.removeprefix("eval_") or task.headline
     if name not in task.metric_names():
-        raise ValueError(f"--metric-for-best-model {cfg.metric_for_best_model!r}: task {task.name!r} reports "
+        raise ValueError(f"--metric-for-best-model {shown(cfg.metric_for_best_model)}: task {shown(task.name)} reports "
                          f"{', '.join(task.metric_names())}")
     return name
 
@@ -88,7 +89,7 @@ def check_config(cfg: TrainConfig, task: Task, teachers: int = 0, machine: bool 
                                 ("report_to", cfg.report_to, REPORT_TO),
                                 ("teacher_precision", cfg.teacher_precision, ("auto", *PRECISIONS))):
         if value not in allowed:
-            raise ValueError(f"--{key.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+            raise ValueError(f"--{key.replace('_', '-')} {shown(value)}: expected one of {', '.join(allowed)}")
     if cfg.report_to == "tensorboard":
         tensorboard_writer_class()
     best_metric(cfg, task)

@@ -169,11 +169,13 @@ def _yaml_outcome(read, path: Path) -> str:
 
 
 @pytest.mark.parametrize("kind", ["study", "task"])
-def test_study_and_task_file_readers_accept_or_refuse_with_path(kind, tmp_path):
+def test_study_and_task_file_readers_accept_or_refuse_with_path(kind, tmp_path, monkeypatch):
     from codekd.data.tasks import load_task_file
     from codekd.study_config import load_study
 
-    base = (STUDY_FILE.replace("DATA", str(FIXTURES / "study_defect")) if kind == "study" else TASK_FILE).encode()
+    monkeypatch.chdir(tmp_path)  # the data path is `d`, so the mutations are the same on every machine
+    (tmp_path / "d").symlink_to(FIXTURES / "study_defect")
+    base = (STUDY_FILE.replace("DATA", "d") if kind == "study" else TASK_FILE).encode()
     read = (lambda p: load_study(p, tmp_path / "out")) if kind == "study" else load_task_file
     rng = random.Random(f"yaml-{kind}")
     outcomes = {"accepted": 0, "refused": 0}
@@ -183,3 +185,22 @@ def test_study_and_task_file_readers_accept_or_refuse_with_path(kind, tmp_path):
         outcomes[_yaml_outcome(read, path)] += 1
     assert outcomes["accepted"] > 0 and outcomes["refused"] > PER_READER // 4, outcomes
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field", ["students: [roberta-{}.6m]", "methods: {{kd: {{hparams: {{temperature: x{}}}}}}}",
+                                   "methods: {{kd: {{hparams: {{t{}: 1}}}}}}", "train: {{lr_scheduler_type: s{}}}"])
+def test_a_huge_value_is_shown_cut_in_the_error(field, tmp_path, monkeypatch):
+    """A 900-character value in a study file (the fuzz found a 5,000-character one; YAML keys stop at 1,024) is quoted in a short, one-line error."""
+    from codekd.study_config import load_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").symlink_to(FIXTURES / "study_defect")
+    valid = {"name": "fuzz", "data": "{defect: d}", "seeds": "[1]", "teachers": "{t: {dir: d}}",
+             "students": "[roberta-0.6m]", "methods": "{ft: {}}"}
+    valid[field.split(":")[0]] = field.split(": ", 1)[1].format("7" * 900)
+    path = tmp_path / "study.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in valid.items()))
+    with pytest.raises(ValueError) as e:
+        load_study(path, tmp_path / "out")
+    assert str(e.value).startswith(f"{path}:") and "\n" not in str(e.value) and len(str(e.value)) < 400, e.value
+    assert "..." in str(e.value) and not (tmp_path / "out").exists()

@@ -96,7 +96,7 @@ def load_splits(
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(allowed)}")
+        raise ValueError(f"unknown {what} {shown(value)}; valid: {', '.join(allowed)}")
 
 
 def _jsonl_files(d: Path, split: str) -> list[Path]:
@@ -122,10 +122,10 @@ def _txt_file(d: Path, split: str, what: str) -> Path:
 def record_code(rec: dict[str, Any], key: str, whitespace: str) -> str:
     value = rec[key]
     if not isinstance(value, str):
-        raise InvalidRecord(f"field {key!r} must be a string, got {type(value).__name__}")
+        raise InvalidRecord(f"field {shown(key)} must be a string, got {type(value).__name__}")
     code = normalize_code(value, whitespace)
     if not code.strip():
-        raise InvalidRecord(f"field {key!r} is empty")
+        raise InvalidRecord(f"field {shown(key)} is empty")
     return code
 
 
@@ -136,7 +136,7 @@ def _label(task: Task, value: Any) -> int:
         return value
     raise InvalidRecord(
         f"label {shown(value)} is neither a class index 0..{len(task.labels) - 1} nor a class name of task "
-        f"{task.name!r} ({', '.join(task.labels)})"
+        f"{shown(task.name)} ({', '.join(task.labels)})"
     )
 
 
@@ -155,7 +155,7 @@ def _field(task: Task, rec: dict[str, Any], field: str) -> str:
         if name in rec:
             return name
     others = f" (or {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else ""
-    raise InvalidRecord(f"missing field {field!r}{others}")
+    raise InvalidRecord(f"missing field {shown(field)}{others}")
 
 
 def _record(task: Task, rec: Any, whitespace: str, source: str) -> Example:
@@ -186,7 +186,7 @@ def _read_devign(task: Task, d: Path, split: str, whitespace: str) -> list[Examp
     path = d / "function.json"
     if task.pair:
         raise DataError(
-            path, f"CodeXGLUE Devign data holds single functions, but task {task.name!r} needs pairs"
+            path, f"CodeXGLUE Devign data holds single functions, but task {shown(task.name)} needs pairs"
         )
     index_path = _txt_file(d, split, "Devign index file")
     records = parse_json(read_text(path), path)
@@ -215,7 +215,7 @@ def _read_bigclonebench(task: Task, d: Path, split: str, whitespace: str) -> lis
     path = d / "data.jsonl"
     if not task.pair:
         raise DataError(
-            path, f"CodeXGLUE BigCloneBench data holds function pairs, but task {task.name!r} does not"
+            path, f"CodeXGLUE BigCloneBench data holds function pairs, but task {shown(task.name)} does not"
         )
     pairs_path = _txt_file(d, split, "BigCloneBench pair file")
     functions: dict[str, tuple[str, int]] = {}  # idx -> (code, line)
@@ -250,7 +250,7 @@ def _function(rec: Any, whitespace: str) -> tuple[str, str]:
         raise InvalidRecord(f"expected a JSON object, got {type(rec).__name__}")
     for key in ("func", "idx"):
         if key not in rec:
-            raise InvalidRecord(f"missing field {key!r}")
+            raise InvalidRecord(f"missing field {shown(key)}")
     idx = rec["idx"]
     if isinstance(idx, bool) or not isinstance(idx, int | str):
         raise InvalidRecord(f"field 'idx' must be a string or an integer, got {shown(idx)}")

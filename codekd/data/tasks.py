@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from codekd.data.text import DataError, parse_yaml, read_text
+from codekd.data.text import DataError, parse_yaml, read_text, shown
 
 TASK_FILES = Path(__file__).parent / "task_files"
 BUILTIN = ("defect", "clone", "exception")
@@ -78,7 +78,7 @@ class Task:
         n_classes = len(self.labels)
         if probs.ndim != 2 or probs.shape != (len(y), n_classes):
             raise ValueError(
-                f"task {self.name!r}: probs must have shape ({len(y)}, {n_classes}), got {probs.shape}"
+                f"task {shown(self.name)}: probs must have shape ({len(y)}, {n_classes}), got {probs.shape}"
             )
         pred = probs.argmax(axis=1)
         out = {"n": float(len(y)), "accuracy": float(accuracy_score(y, pred))}
@@ -107,7 +107,8 @@ class Task:
 
 def _str(value: Any, key: str, fail: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        fail(key, f"{key} must be a non-empty string, got {value!r}" + (" (quote it)" if value is not None else ""))
+        quote = " (quote it)" if value is not None else ""
+        fail(key, f"{key} must be a non-empty string, got {shown(value)}{quote}")
     return value
 
 
@@ -128,33 +129,33 @@ def task_from_mapping(values: dict[str, Any], path: str | Path, lines: dict[str,
 
     unknown = [k for k in values if k not in KEYS]
     if unknown:
-        fail(unknown[0], f"unknown key {unknown[0]!r}; known: {', '.join(KEYS)}")
+        fail(unknown[0], f"unknown key {shown(unknown[0])}; known: {', '.join(KEYS)}")
     for key in ("name", "input", "label", "labels"):
         if values.get(key) is None:
-            fail(None, f"missing key {key!r} (a task file gives name, input, label, labels and metric)")
+            fail(None, f"missing key {shown(key)} (a task file gives name, input, label, labels and metric)")
     name = _str(values["name"], "name", fail)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        fail("name", f"name {name!r}: use letters, digits, '_', '.' and '-' (it names run and study cells)")
+        fail("name", f"name {shown(name)}: use letters, digits, '_', '.' and '-' (it names run and study cells)")
     inputs = _names(values["input"], "input", fail)
     if len(inputs) > 2:
         fail("input", f"input: one field, or two for a pair task, got {len(inputs)}")
     label = _str(values["label"], "label", fail)
     if label in inputs:
-        fail("label", f"label field {label!r} is also an input field")
+        fail("label", f"label field {shown(label)} is also an input field")
     if not isinstance(values["labels"], list) or len(values["labels"]) < 2:
         fail("labels", "labels: a list of at least two class names, in index order")
     labels = _names(values["labels"], "labels", fail)
     metric = values.get("metric") or "accuracy"
     if metric not in HEADLINES:
-        fail("metric", f"metric {metric!r}: expected one of {', '.join(HEADLINES)}")
+        fail("metric", f"metric {shown(metric)}: expected one of {', '.join(HEADLINES)}")
     positive = values.get("positive")
     if positive is not None and positive not in labels:
-        fail("positive", f"positive class {positive!r} is not one of the labels ({', '.join(labels)})")
+        fail("positive", f"positive class {shown(positive)} is not one of the labels ({', '.join(labels)})")
     if metric == "f1" and positive is None and len(labels) != 2:
         fail("metric", "metric f1 of a multi-class task needs `positive:`, the class F1 is computed for")
     k = values.get("k", 3)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        fail("k", f"k must be a positive integer, got {k!r}")
+        fail("k", f"k must be a positive integer, got {shown(k)}")
     if metric == "top_k_accuracy" and not k < len(labels):
         fail("metric", f"metric top_k_accuracy needs k < the number of classes ({k} ≥ {len(labels)})")
     focus = values.get("focus")
@@ -168,7 +169,7 @@ def task_from_mapping(values: dict[str, Any], path: str | Path, lines: dict[str,
     aliases = []
     for field, names in raw_aliases.items():
         if field not in (*inputs, label):
-            fail("aliases", f"aliases: {field!r} is neither an input field nor the label field")
+            fail("aliases", f"aliases: {shown(field)} is neither an input field nor the label field")
         aliases.append((field, _names(names, f"aliases.{field}", fail)))
     return Task(name, labels, inputs, label, metric, positive, k, focus, tuple(aliases))
 
@@ -191,7 +192,7 @@ def load_task_file(path: str | Path) -> Task:
     for key_node, value_node in root.value:
         key, line = key_node.value, key_node.start_mark.line + 1
         if key in values:
-            raise TaskFileError(path, f"key {key!r} is given twice", line)
+            raise TaskFileError(path, f"key {shown(key)} is given twice", line)
         values[key] = constructor.construct_object(value_node, deep=True)
         lines[key] = line
     return task_from_mapping(values, path, lines)
@@ -219,7 +220,7 @@ def get_task(task: str | Path | Task) -> Task:
         return _BUILTIN_TASKS[str(task)]
     if is_task_file(task):
         return load_task_file(task)
-    raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(BUILTIN)}, or a task file FILE.yaml")
+    raise ValueError(f"unknown task {shown(task)}; valid tasks: {', '.join(BUILTIN)}, or a task file FILE.yaml")
 
 
 _BUILTIN_TASKS = {name: load_task_file(TASK_FILES / f"{name}.yaml") for name in BUILTIN}

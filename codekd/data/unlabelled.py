@@ -14,7 +14,7 @@ from pathlib import Path
 
 from codekd.data.readers import DataError, Example, record_code
 from codekd.data.tasks import Task
-from codekd.data.text import json_lines, read_text
+from codekd.data.text import json_lines, read_text, shown
 
 UNLABELLED = -100  # the label of a transfer example: the label term ignores it (PyTorch's ignore_index)
 SOURCE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".java", ".js", ".ts", ".go", ".rs")
@@ -29,7 +29,7 @@ def load_unlabelled(task: Task, path: str | Path) -> list[Example]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".jsontxt"))
         if not files:
             if task.pair:
-                raise DataError(path, f"task {task.name!r} needs function pairs: give JSONL with func1, func2")
+                raise DataError(path, f"task {shown(task.name)} needs function pairs: give JSONL with func1, func2")
             raw = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
             if not raw:
                 raise DataError(path, "no *.jsonl and no source files in the transfer directory")
@@ -59,7 +59,7 @@ def _jsonl(task: Task, path: Path) -> list[Example]:
         keys = ("func1", "func2") if task.pair else ("function",) if "function" in rec else ("func",)
         missing = [k for k in keys if k not in rec]
         if missing:
-            raise DataError(path, f"missing field {missing[0]!r}", n)
+            raise DataError(path, f"missing field {shown(missing[0])}", n)
         try:
             codes = [record_code(rec, k, "keep") for k in keys]
         except Exception as e:  # readers' InvalidRecord: a wrong type or an empty field

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import yaml
 from torch import Tensor, nn
 
+from codekd.data.text import shown
 from codekd.models.adapters import ModelShape, Outputs
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -35,15 +36,22 @@ class Method(nn.Module):
 
     def __init__(self, student: ModelShape, teacher: ModelShape | None = None, **hparams: Any):
         super().__init__()
-        unknown = set(hparams) - set(self.defaults)
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"method {self.name!r}: unknown option(s) {sorted(unknown)}; known: {known}")
         if self.teacher_needs and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher (--teacher)")
-        self.hp = {**self.defaults, **{k: _coerce(self.name, k, self.defaults[k], v) for k, v in hparams.items()}}
-        for key, value in self.hp.items():
-            _check_range(self.name, key, value, key in self.fractions)
+        self.hp = self.options(hparams)
+
+    @classmethod
+    def options(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The method's options: `hparams` over the defaults, each of the default's type and in range. A study
+        file is checked with this before any cell runs; building the method checks the same way."""
+        unknown = set(hparams) - set(cls.defaults)
+        if unknown:
+            known = ", ".join(sorted(cls.defaults)) or "none"
+            raise ValueError(f"method {cls.name!r}: unknown option(s) {shown(sorted(unknown))}; known: {known}")
+        hp = {**cls.defaults, **{k: _coerce(cls.name, k, cls.defaults[k], v) for k, v in hparams.items()}}
+        for key, value in hp.items():
+            _check_range(cls.name, key, value, key in cls.fractions)
+        return hp
 
     epoch: int = 1  # the training epoch (1-based), set by the training loop through `set_epoch`
 
@@ -74,7 +82,7 @@ def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default) and default is not None:
-        raise ValueError(f"method {method!r}: option {key}={value!r} must be a {type(default).__name__}")
+        raise ValueError(f"method {shown(method)}: option {key}={shown(value)} must be a {type(default).__name__}")
     return value
 
 
@@ -93,7 +101,7 @@ def _check_range(method: str, key: str, value: Any, fraction: bool) -> None:
     else:
         ok, need = math.isfinite(value) and value >= 0, "a finite number ≥ 0"
     if not ok:
-        raise ValueError(f"method {method!r}: option {key}={value!r} must be {need}")
+        raise ValueError(f"method {shown(method)}: option {key}={shown(value)} must be {need}")
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -113,7 +121,7 @@ def get_method(name: str) -> type[Method]:
     """The method class registered as `name`."""
     _discover()
     if name not in REGISTRY:
-        raise ValueError(f"--method {name!r}: unknown; available: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"--method {shown(name)}: unknown; available: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

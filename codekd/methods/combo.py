@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from codekd.data.text import shown
 from codekd.methods import Method, all_methods, get_method, register
 from codekd.models.adapters import NEEDS, ModelShape, Outputs
 
@@ -48,6 +49,18 @@ class Combo(Method):
         self.teacher_needs = tuple(n for n in NEEDS if any(n in p.teacher_needs for p in self.parts))
         self.student_needs = tuple(n for n in NEEDS if any(n in p.student_needs for p in self.parts))
 
+    @classmethod
+    def options(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Each part's method name, weight and options are checked too."""
+        hp = super().options(hparams)
+        for i, entry in enumerate(hp["parts"]):
+            name, _, options = _parse_part(i, entry)
+            try:
+                get_method(name).options(options)
+            except ValueError as e:
+                raise ValueError(f"combo part {i}: {e}") from e
+        return hp
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         losses = [part(student, teacher, labels)["loss"] for part in self.parts]
         total = sum(weight * loss for weight, loss in zip(self.weights, losses, strict=True))
@@ -58,7 +71,7 @@ class Combo(Method):
 def _parse_part(i: int, entry: Any) -> tuple[str, float, dict[str, Any]]:
     """Part `i`'s method name, weight (default 1.0) and remaining options, with errors that name the part."""
     if not isinstance(entry, Mapping):
-        raise ValueError(f"combo part {i}: expected a mapping {{method: NAME, weight: W, ...}}, got {entry!r}")
+        raise ValueError(f"combo part {i}: expected a mapping {{method: NAME, weight: W, ...}}, got {shown(entry)}")
     options = dict(entry)
     name = options.pop("method", None)
     weight = options.pop("weight", 1.0)
@@ -66,7 +79,7 @@ def _parse_part(i: int, entry: Any) -> tuple[str, float, dict[str, Any]]:
         raise ValueError(f"combo part {i}: a combo cannot contain a combo")
     available = [m for m in all_methods() if m != Combo.name]
     if not isinstance(name, str) or name not in available:
-        raise ValueError(f"combo part {i}: unknown method {name!r}; available: {', '.join(available)}")
+        raise ValueError(f"combo part {i}: unknown method {shown(name)}; available: {', '.join(available)}")
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
-        raise ValueError(f"combo part {i}: weight {weight!r} must be a finite number ≥ 0")
+        raise ValueError(f"combo part {i}: weight {shown(weight)} must be a finite number ≥ 0")
     return name, float(weight), options

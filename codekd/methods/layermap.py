@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from codekd.data.text import shown
 from codekd.models.adapters import ModelShape, Outputs
 
 
@@ -52,7 +53,7 @@ def parse_layers(text: str) -> list[int] | None:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(
-            f"layers={text!r}: expected comma-separated teacher layer numbers, e.g. '3,6,9,12'"
+            f"layers={shown(text)}: expected comma-separated teacher layer numbers, e.g. '3,6,9,12'"
         ) from None
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from codekd import losses
+from codekd.data.text import shown
 from codekd.methods import Method, all_methods, register
 from codekd.methods.layermap import common_positions
 from codekd.models.adapters import ModelShape, Outputs
@@ -56,7 +57,8 @@ class MiniLM(Method):
                              f"(negative values count from the end)")
         self.teacher_idx = layer - 1 if layer > 0 else layer
         if self.hp["reduction"] not in ("token", "example"):
-            raise ValueError(f"method 'minilm': option reduction={self.hp['reduction']!r}: expected token or example")
+            reduction = shown(self.hp["reduction"])
+            raise ValueError(f"method 'minilm': option reduction={reduction}: expected token or example")
         if self.hp["value_relation"] > 0:
             if self.teacher_idx not in (-1, teacher.num_layers - 1):
                 raise ValueError(f"method 'minilm': value_relation uses the last layers' value vectors (the "

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from codekd.data.text import shown
+
 NEEDS = ("logits", "hidden_states", "first_token", "attentions", "values")
 
 
@@ -158,7 +160,7 @@ def _value_projection(model: nn.Module) -> nn.Module:
     layers = getattr(getattr(base.base_model, "encoder", None), "layer", None)
     value = getattr(getattr(getattr(layers[-1], "attention", None), "self", None), "value", None) if layers else None
     if not isinstance(value, nn.Linear):
-        raise ValueError(f"value vectors: a {base.config.model_type!r} model has no BERT/RoBERTa-style value "
+        raise ValueError(f"value vectors: a {shown(base.config.model_type)} model has no BERT/RoBERTa-style value "
                          "projection (encoder.layer[-1].attention.self.value); MiniLM's value_relation needs one")
     return value
 

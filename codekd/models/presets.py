@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from codekd.data.text import shown
+
 if TYPE_CHECKING:  # torch and transformers are imported by the functions that build models
     import torch
     from transformers import PreTrainedModel
@@ -52,7 +54,7 @@ class StudentSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(f"kind must be one of {KINDS}, got {shown(self.kind)}")
         if self.vocab_size < 5:
             raise ValueError(f"vocab_size must cover the 5 special tokens (ids 0-4), got {self.vocab_size}")
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -92,7 +94,7 @@ PRESETS: dict[str, StudentSpec] = {
 def get_preset(name: str) -> StudentSpec:
     """Return the preset called ``name``; unknown names raise ValueError listing the presets."""
     if name not in PRESETS:
-        raise ValueError(f"unknown student preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown student preset {shown(name)}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 import codekd.models.bigru  # noqa: F401  (registers the BiGRU student with the Auto classes)
 from codekd.data import Task
+from codekd.data.text import shown
 from codekd.encoding import SPEC_FILE, InputSpec, load_tokenizer, model_task
 from codekd.models.adapters import reorder_labels
 from codekd.trust import RemoteCodeRefused, from_pretrained
@@ -66,9 +67,9 @@ def _loading(option: str, source: str | Path, what: str = "it") -> Iterator[None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         text = str(e)
         if text.startswith("Unrecognized configuration class"):
-            kind = re.search(r"configuration_(\w+)\.", text)
+            kind = shown(m[1] if (m := re.search(r"configuration_(\w+)\.", text)) else "?")
             raise LoadError(f"{where}: not a sequence classifier (transformers has no "
-                            f"ForSequenceClassification class for model type {kind[1] if kind else '?'!r})") from None
+                            f"ForSequenceClassification class for model type {kind})") from None
         if "size mismatch" in text:
             raise LoadError(f"{where}: the weights do not fit the model's config ({_first_line(e)[:200]})") from None
         raise LoadError(f"{where}: cannot load {what}: {_first_line(e)[:300]}") from None
@@ -134,7 +135,7 @@ def label_order(id2label: dict[int, str], task: Task, where: str) -> list[int]:
     missing = [n for n in task.labels if n not in names]
     extra = [n for n in names if n not in task.labels]
     if missing or extra or len(names) != len(task.labels):
-        raise LoadError(f"{where}: its labels (config.json id2label) do not match task {task.name!r}: "
+        raise LoadError(f"{where}: its labels (config.json id2label) do not match task {shown(task.name)}: "
                         f"missing {missing or 'none'}, not in the task {extra or 'none'}")
     return [names.index(n) for n in task.labels]
 
