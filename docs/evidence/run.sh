@@ -17,7 +17,7 @@ phase() {  # phase NAME CONFIG OUT ONLY...
   echo "=== $(date -u +%FT%TZ) phase $name exit $?"
 }
 phase claim-a configs/evidence.yaml $S/study --only method=ft,kd_study,kd_hinton
+phase sweep configs/evidence-sweep.yaml $S/sweep
 phase transfer configs/evidence.yaml $S/study --only method=kd_hinton_transfer
 phase feature configs/evidence.yaml $S/study --only method=pkd,ckd,tinybert
 phase logit configs/evidence.yaml $S/study --only method=dist,dkd
-phase sweep configs/evidence-sweep.yaml $S/sweep
