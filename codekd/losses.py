@@ -157,6 +157,20 @@ def _neighbours(n: int, window: int, device: torch.device) -> tuple[Tensor, Tens
     return torch.arange(n, device=device).expand(n, n), torch.ones(n, n, dtype=torch.bool, device=device)
 
 
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """``x[..., index]`` for an (…, M) ``index`` broadcast over x's leading axes, by ``torch.gather``: its
+    backward is one scatter-add, where advanced indexing's is an index_put and per-offset slices' a
+    full-size copy each (10× slower here)."""
+    return torch.gather(x, -1, index.expand(*x.shape[:-1], index.shape[-1]))
+
+
+def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
+    """(…, rows, M): row n holds ``x.flatten(-2)[..., n·x.shape[-1] + offsets]``, entries at fixed offsets
+    from the start of x's row n, which may reach into the rows after it."""
+    starts = torch.arange(rows, device=x.device)[:, None] * x.shape[-1]
+    return _take(x.flatten(-2), (starts + offsets).flatten()).unflatten(-1, (rows, offsets.numel()))
+
+
 def _band(a: Tensor, width: int) -> Tensor:
     """(…, N, 2·width+1) float64: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
 
@@ -167,41 +181,50 @@ def _band(a: Tensor, width: int) -> Tensor:
     n, c = a.shape[-2], max(width, 1)
     blocks = -(-n // c)
     x = F.pad(a.double(), (0, 0, 0, (blocks + 1) * c - n)).unflatten(-2, (blocks + 1, c))
-    g = x[..., :-1, :, :] @ torch.cat([x[..., :-1, :, :], x[..., 1:, :, :]], -2).transpose(-1, -2)
+    block, following = x[..., :-1, :, :], x[..., 1:, :, :]
+    g = torch.cat([block @ block.transpose(-1, -2), block @ following.transpose(-1, -2)], -1)
     flat = F.pad(g.flatten(-2), (0, c))  # C·2C + C entries: C rows of 2C + 1, row r starting at g[r, r]
     ahead = flat.unflatten(-1, (c, 2 * c + 1))[..., : width + 1].flatten(-3, -2)[..., :n, :]  # e = 0..width
-    # ⟨a_m, a_m−e⟩ = ⟨a_m−e, a_m⟩: column e of row m − e
-    behind = [F.pad(ahead[..., : max(n - e, 0), e], (min(e, n), 0)) for e in range(width, 0, -1)]
-    return torch.cat([torch.stack(behind, -1), ahead], -1) if behind else ahead
+    # ⟨a_m, a_m−e⟩ = ⟨a_m−e, a_m⟩: column e of row m − e, for column j = width − e; `width` zero rows on top
+    j = torch.arange(width, device=a.device)
+    behind = _shear(F.pad(ahead, (0, 0, width, 0)), j * (width + 1) + width - j, n)
+    return torch.cat([behind, ahead], -1)
 
 
-def _relations(a: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """Cosine distances (…, N, K) and angles (…, N, K, K) over the second-last axis of a (…, N, H), for the
-    neighbour slots of :func:`_neighbours`.
+def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Cosine distances (…, N, K) and angles over the second-last axis of a (…, N, H), for the neighbour slots
+    of :func:`_neighbours`; the angles as their diagonal (…, N, K) and upper triangle (…, N, K(K−1)/2, in
+    ``torch.triu_indices`` order), as each anchor's K×K block is symmetric.
 
     This is the study's ``cos_dist`` and ``cos_angle``: d(n, m) = 1 − ⟨â_n, â_m⟩ and
     a(n; m1, m2) = ⟨normalize(a_n − a_m1), normalize(a_n − a_m2)⟩ (``F.normalize``: a vector is divided by
     max(‖·‖, 1e-12), so a zero vector stays zero). An out-of-range neighbour has its product or difference
-    vector zeroed, so it gives distance 1 and angle 0.
+    vector zeroed, so it gives distance 1 and angle 0; so does a slot where the broadcast boolean ``keep``
+    (…, N, K) is False (the loss then leaves its terms out).
 
     Computed from float64 products, not from (…, N, K, H) difference vectors: with x = a_n − a_i and
     y = a_n − a_j, ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W
     apart, so one band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle.
-    A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the anchor itself, a duplicate
-    vector) is zero, as ``F.normalize`` makes an exact zero, with a zero gradient. The direct form's gradient
-    there is 1/eps = 1e12 times the upstream one, added and subtracted again: exact in exact arithmetic, but
-    in fp32 its rounding error is as large as the whole gradient (tests/test_ckd_fast.py).
+    With l = ‖x‖, r = 1/‖x‖ (both 0 for a zero slot) the angle is (l_i·r_j + r_i·l_j − r_i·r_j·‖a_i − a_j‖²) / 2,
+    so no K×K tensor needs a mask. A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the
+    anchor itself, a duplicate vector) is zero, as ``F.normalize`` makes an exact zero, with a zero gradient.
+    The direct form's gradient there is 1/eps = 1e12 times the upstream one, added and subtracted again:
+    exact in exact arithmetic, but in fp32 its rounding error is as large as the whole gradient
+    (tests/test_ckd_fast.py).
     """
     n = a.shape[-2]
     in_range = _neighbours(n, window, a.device)[1]
+    k = 2 * window + 1 if window < n else n
+    first, second = torch.triu_indices(k, k, 1, device=a.device)
     if window < n:
-        k, width = 2 * window + 1, 2 * window
+        width = 2 * window
         band = _band(a, width)  # column 2W + e: ⟨a_m, a_m+e⟩
         sq_norm = band[..., width]
         shifted = F.pad(sq_norm, (width, width)).unfold(-1, 2 * width + 1, 1)  # ‖a_m+e‖², 0 outside
         squared = sq_norm[..., None] + shifted - 2 * band  # ‖a_m − a_m+e‖²
         rows = F.pad(squared.to(a.dtype), (0, 0, window, window))  # row n + s: slot s's neighbour n + s − W
-        pairs = torch.stack([rows[..., s : s + n, width - s : width - s + k] for s in range(k)], -2)
+        # slots s < t: ‖a_(n+s−W) − a_(n+t−W)‖² is column 2W + (t − s) of row n + s
+        pairs = _shear(rows, first * (rows.shape[-1] - 1) + second + width, n)
         dots, norms_i, anchor = (t[..., window : window + k] for t in (band, shifted, squared))
     else:
         wide = a.double()
@@ -209,16 +232,17 @@ def _relations(a: Tensor, window: int) -> tuple[Tensor, Tensor]:
         sq_norm = dots.diagonal(dim1=-2, dim2=-1)
         norms_i = sq_norm[..., None, :].expand_as(dots)
         anchor = sq_norm[..., :, None] + norms_i - 2 * dots
-        pairs = anchor.to(a.dtype)[..., None, :, :].expand(*anchor.shape[:-2], n, n, n)
+        pairs = anchor.to(a.dtype)[..., None, first, second]
     cosine = dots / (sq_norm.clamp_min(1e-24).sqrt()[..., :, None] * norms_i.clamp_min(1e-24).sqrt())
     distances = 1 - torch.where(in_range, cosine, 0)
     zero = ~in_range | (anchor <= 1e-12 * (sq_norm[..., :, None] + norms_i))
-    anchor = anchor.to(a.dtype)
-    length = torch.where(zero, 1, anchor).sqrt()  # 1 where zero: no infinite gradient through the sqrt
-    inner = (anchor[..., :, None] + anchor[..., None, :] - pairs) / 2
-    angles = torch.where(zero[..., :, None] | zero[..., None, :], 0,
-                         inner / (length[..., :, None] * length[..., None, :]))
-    return distances.to(a.dtype), angles
+    if keep is not None:
+        zero = zero | ~keep
+    safe = torch.where(zero, 1, anchor.to(a.dtype))  # 1 where zero: no infinite gradient through the sqrt
+    length, inverse = torch.where(zero, 0, safe.sqrt()), torch.where(zero, 0, safe.rsqrt())
+    l_i, l_j, r_i, r_j = (_take(x, i) for x in (length, inverse) for i in (first, second))
+    upper = (l_i * r_j + r_i * l_j - r_i * r_j * pairs) / 2
+    return distances.to(a.dtype), length * inverse, upper
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -233,18 +257,19 @@ def _relation_loss(student: Tensor, teacher: Tensor, window: int, valid: Tensor 
 
     ``valid`` (…, N) flags the usable positions along that axis (None: all, the study's plain mean). With
     it, a distance term is kept only when its in-range neighbour and its anchor are both valid, and an
-    angle term only when both of its distance terms are kept; the losses are means over kept terms.
+    angle term only when both of its distance terms are kept; the losses are means over kept terms. The
+    angle loss sums each symmetric K×K block as its diagonal plus twice its upper triangle.
     """
     index, in_range = _neighbours(student.shape[-2], window, student.device)
-    d_s, a_s = _relations(student, window)
+    pair = None if valid is None else in_range & valid[..., :, None] & valid[..., index]
+    d_s, diag_s, up_s = _relations(student, window, pair)
     with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
-        d_t, a_t = _relations(teacher, window)
-    if valid is None:
-        return F.mse_loss(d_s, d_t) + F.mse_loss(a_s, a_t)
-    pair = in_range & valid[..., :, None] & valid[..., index]
-    return _masked_mean((d_s - d_t) ** 2, pair) + _masked_mean(
-        (a_s - a_t) ** 2, pair[..., :, None] & pair[..., None, :]
-    )
+        d_t, diag_t, up_t = _relations(teacher, window, pair)
+    angle_sum = ((diag_s - diag_t) ** 2).sum() + 2 * ((up_s - up_t) ** 2).sum()
+    if pair is None:
+        return F.mse_loss(d_s, d_t) + angle_sum / (diag_s.numel() * diag_s.shape[-1])
+    kept = pair.expand_as(d_s)
+    return _masked_mean((d_s - d_t) ** 2, kept) + angle_sum / (kept.sum(-1) ** 2).sum().clamp_min(1)
 
 
 @fp32

@@ -25,6 +25,16 @@ def direct_relations(a: torch.Tensor, window: int, exact_zero: bool = False):
     return distances, torch.einsum("...nwh,...nzh->...nwz", diffs, diffs)
 
 
+def full(relations):
+    """(distances, angles (…, N, K, K)) from `_relations`' distances, angle diagonal and upper triangle."""
+    distances, diagonal, upper = relations
+    k = diagonal.shape[-1]
+    first, second = torch.triu_indices(k, k, 1)
+    angles = diagonal.new_zeros(*diagonal.shape, k)
+    angles[..., first, second] = upper
+    return distances, angles + angles.transpose(-1, -2) + torch.diag_embed(diagonal)
+
+
 def _grad(fn, x0: torch.Tensor, weights, dtype=torch.float64) -> torch.Tensor:
     x = x0.detach().to(dtype).requires_grad_(True)
     sum((out.double() * w).sum() for out, w in zip(fn(x), weights, strict=True)).backward()
@@ -40,7 +50,7 @@ def test_relations_equal_the_direct_ones(n: int, window: int) -> None:
     a = torch.randn(2, 3, n, 8, dtype=torch.float64)
     a[0, 1, 1] = a[0, 1, 2]  # a duplicate vector: its difference is exactly zero, its angles 0
     a[1, 2, 0] = 0  # a zero vector (a cached pad)
-    for got, want in zip(losses._relations(a, window), direct_relations(a, window), strict=True):
+    for got, want in zip(full(losses._relations(a, window)), direct_relations(a, window), strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
@@ -52,13 +62,13 @@ def test_gradients_equal_the_direct_ones(n: int, window: int) -> None:
     x0[0, 1, 1] = x0[0, 1, 2]
     weights = [torch.randn_like(w) for w in direct_relations(x0, window)]
     want = _grad(lambda x: direct_relations(x, window, exact_zero=True), x0, weights)
-    torch.testing.assert_close(_grad(lambda x: losses._relations(x, window), x0, weights), want,
+    torch.testing.assert_close(_grad(lambda x: full(losses._relations(x, window)), x0, weights), want,
                                rtol=0, atol=1e-9)
     # without duplicates the plain direct form differs only by the rounding of its ±1e12 self-pair terms
     # (at a duplicate its gradient is 1e12-sized: F.normalize's 1/eps, where this one is 0)
     x1 = torch.randn_like(x0)
     plain = _grad(lambda x: direct_relations(x, window), x1, weights)
-    assert (plain - _grad(lambda x: losses._relations(x, window), x1, weights)).abs().max() < 1e-1
+    assert (plain - _grad(lambda x: full(losses._relations(x, window)), x1, weights)).abs().max() < 1e-1
 
 
 def test_fp32_gradient_is_the_exact_one() -> None:
@@ -68,7 +78,7 @@ def test_fp32_gradient_is_the_exact_one() -> None:
     x0 = torch.randn(2, 3, 40, 16, dtype=torch.float64)
     weights = [torch.randn_like(w) for w in direct_relations(x0, 10)]
     exact = _grad(lambda x: direct_relations(x, 10, exact_zero=True), x0, weights)
-    fast32 = _grad(lambda x: losses._relations(x, 10), x0, weights, torch.float32)
+    fast32 = _grad(lambda x: full(losses._relations(x, 10)), x0, weights, torch.float32)
     assert (fast32 - exact).abs().max() < 1e-4 * exact.abs().max()
     direct32 = _grad(lambda x: direct_relations(x, 10), x0, weights, torch.float32)
     assert (direct32 - exact).abs().max() > 1e-2 * exact.abs().max()

@@ -190,7 +190,8 @@ def test_study_and_task_file_readers_accept_or_refuse_with_path(kind, tmp_path, 
 @pytest.mark.parametrize("field", ["students: [roberta-{}.6m]", "methods: {{kd: {{hparams: {{temperature: x{}}}}}}}",
                                    "methods: {{kd: {{hparams: {{t{}: 1}}}}}}", "train: {{lr_scheduler_type: s{}}}"])
 def test_a_huge_value_is_shown_cut_in_the_error(field, tmp_path, monkeypatch):
-    """A 900-character value in a study file (the fuzz found a 5,000-character one; YAML keys stop at 1,024) is quoted in a short, one-line error."""
+    """A 900-character value in a study file (the fuzz found a 5,000-character one; a YAML key stops at
+    1,024) is quoted in a short, one-line error."""
     from codekd.study_config import load_study
 
     monkeypatch.chdir(tmp_path)
