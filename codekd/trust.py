@@ -26,7 +26,14 @@ class RemoteCodeRefused(ValueError):
 
 def from_pretrained(loader: Any, source: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> Any:
     """`loader.from_pretrained(source, **kwargs)` (an Auto class, or any class with that method), refusing
-    custom code in one line (`RemoteCodeRefused`)."""
+    custom code in one line (`RemoteCodeRefused`). A model's weights load in fp32 whatever dtype the
+    checkpoint was saved in (transformers keeps the saved one): training needs fp32 master weights, and
+    codekd's precisions (`--precision`, `--teacher-precision`) are autocast over them."""
+    import torch
+    from transformers import PreTrainedModel
+
+    if hasattr(loader, "from_config") or isinstance(loader, type) and issubclass(loader, PreTrainedModel):
+        kwargs.setdefault("dtype", torch.float32)  # a model class: configs and tokenizers take no dtype
     try:
         return loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except ValueError as e:

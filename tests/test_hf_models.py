@@ -265,3 +265,21 @@ def test_a_pretrained_encoder_directory_is_a_student(small_exception, tiny_encod
         distill("exception", small_exception, str(tiny_encoder), small_vocab, "ft", tmp_path / "x", TrainConfig())
     with pytest.raises(ValueError, match="--vocab is needed"):
         distill("exception", small_exception, "roberta-0.6m", None, "ft", tmp_path / "x", TrainConfig())
+
+
+def test_a_half_precision_checkpoint_loads_and_trains_in_fp32(tiny_encoder, tiny_data, tmp_path):
+    """transformers keeps a checkpoint's saved dtype; codekd loads fp32 master weights (fp16 AdamW steps on
+    fp16 weights would lose most updates), for a base to fine-tune and for a fine-tuned teacher alike."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from codekd.models.teacher import load_model_dir, load_pretrained_encoder
+    from codekd.pipeline import train_teacher
+
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(tiny_encoder).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(half)
+    assert next(AutoModel.from_pretrained(half).parameters()).dtype == torch.float16  # what transformers does
+    model, _ = load_pretrained_encoder(half, get_task("exception"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    train_teacher("exception", tiny_data, str(half), tmp_path / "t", TrainConfig(epochs=1, batch_size=8), max_length=32)
+    assert {p.dtype for p in load_model_dir(tmp_path / "t")[0].parameters()} == {torch.float32}
