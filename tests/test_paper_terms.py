@@ -208,6 +208,28 @@ def test_minilm_value_relation_option() -> None:
         get_method("minilm")(STUDENT, TEACHER, value_relation=1.0, teacher_layer=2)
 
 
+def test_minilm_value_relation_distils_end_to_end_cached_and_live(small_exception, small_vocab, tiny_teacher,
+                                                                   tmp_path: Path) -> None:
+    """`distill --method minilm --value-relation` through the teacher cache (which then stores value vectors)
+    and with the teacher live: the same training, value term included."""
+    from codekd.pipeline import CacheOptions
+
+    student = custom_spec("roberta", 400, 16, 2, 2, 32)
+    args = ("exception", small_exception, student, small_vocab, "minilm")
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=1, logging_steps=1)
+    runs = {}
+    for name, cache in (("cached", CacheOptions(root=tmp_path / "cache", dtype="fp32")),
+                        ("live", CacheOptions(enabled=False))):
+        runs[name] = distill(*args, tmp_path / name, cfg, teacher=tiny_teacher, max_length=32, cache=cache,
+                             hparams={"value_relation": 50.0})
+    assert any("values" in p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    cached, live = (runs[n]["history"][0]["train_loss"] for n in ("cached", "live"))
+    assert math.isfinite(cached) and cached == pytest.approx(live, rel=1e-4)
+    without = distill(*args, tmp_path / "without", cfg, teacher=tiny_teacher, max_length=32,
+                      cache=CacheOptions(root=tmp_path / "cache", dtype="fp32"))["history"][0]["train_loss"]
+    assert without != pytest.approx(cached, rel=1e-3)  # the value term is in the loss
+
+
 def test_adapters_expose_the_last_layers_value_vectors() -> None:
     """`run(..., ["values"])` gives the last layer's value projection of its input (the previous layer's hidden
     states), split into heads; gradients reach the student's value projection through them."""
