@@ -29,7 +29,6 @@ from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassif
 from codekd.data import demo_data_dir, get_task
 from codekd.encoding import InputSpec
 from codekd.methods import all_methods
-from codekd.models.adapters import ModelShape
 from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab
 from codekd.train_config import TrainConfig
 
@@ -59,12 +58,6 @@ def random_teacher(out: Path, vocab: Path, max_length: int) -> Path:
     return out
 
 
-def needs_of(method: type, hparams: dict) -> tuple[str, ...]:
-    """The teacher outputs a method (with its options) reads: combo asks for its parts' union."""
-    student, teacher = ModelShape("transformer", 4, 152, 152), ModelShape("transformer", 6, 384, 384)
-    return tuple(method(student, teacher, **hparams).teacher_needs) if method.teacher_needs else ()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -85,7 +78,7 @@ def main() -> None:
     cache = CacheOptions(root=args.out / "cache", budget_gb=12.0)
     build = {}
     for name in names:
-        needs = needs_of(methods[name], HPARAMS.get(name, {}))
+        needs = methods[name].needs(HPARAMS.get(name, {}))[0]
         if needs and needs not in build:
             started = time.perf_counter()
             for where in (data, small):

@@ -68,7 +68,7 @@ def family(cell: Cell) -> str:
     """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…)."""
     from codekd.methods import get_method
 
-    needs = set(get_method(base_method(cell)).teacher_needs)
+    needs = set(get_method(base_method(cell)).needs(_config(cell).get("hparams") or {})[0])
     return "ft" if not needs else "logit" if needs <= {"logits"} else "feature"
 
 

@@ -252,8 +252,8 @@ def _cache_options(enabled: bool, root: Path | None, dtype: str, budget_gb: floa
     return CacheOptions(enabled, root, dtype, budget_gb)
 
 
-@app.command("cache")
-def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directory"),
+@app.command("cache", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def cache_cmd(ctx: typer.Context, teacher: Path = typer.Option(..., help="fine-tuned teacher directory"),
               task: str = typer.Option(..., help=TASK),
               data: Path = typer.Option(...), split: str = typer.Option("train"),
               method: str = typer.Option("kd", help="cache what this method needs from the teacher"),
@@ -262,11 +262,12 @@ def cache_cmd(teacher: Path = typer.Option(..., help="fine-tuned teacher directo
               precision: str = typer.Option("auto", help="teacher inference: auto (bf16 where supported) | fp32 | "
                                             "bf16"),
               trust_remote_code: TrustRemoteCode = False) -> None:
-    """Run a teacher once over a split and cache its outputs for every later distillation run."""
+    """Run a teacher once over a split and cache its outputs for every later distillation run; the method's
+    options (`--value-relation 1`, combo `--parts ...`) may add to what it needs."""
     from codekd.methods import get_method
     from codekd.pipeline import cache_teacher
 
-    needs = get_method(method).teacher_needs or ("logits",)
+    needs = get_method(method).needs(_extra_options(ctx.args))[0] or ("logits",)
     built = cache_teacher(teacher, task, data, split, needs,
                           _cache_options(True, cache_dir, cache_dtype, cache_budget_gb), precision, trust_remote_code)
     if built is None:

@@ -53,6 +53,21 @@ def test_each_claim_compares_the_right_rows_with_a_paired_test():
     assert len(verdicts) == 5
 
 
+def test_a_row_is_feature_based_by_the_options_it_ran_with():
+    """A combo with a PKD part, or MiniLM's value relation, reads more than logits: the family comes from the
+    method's needs under the row's own options, not from the class defaults."""
+    from types import SimpleNamespace
+
+    from codekd.claims import family
+
+    def row(method, hparams):
+        return SimpleNamespace(method="r", records=[{"config": {"method": method, "hparams": hparams}}])
+
+    assert family(row("combo", {"parts": [{"method": "kd"}]})) == "logit"
+    assert family(row("combo", {"parts": [{"method": "kd"}, {"method": "pkd", "weight": 0.5}]})) == "feature"
+    assert family(row("ft", {})) == "ft" and family(row("dist", {"temperature": 4.0})) == "logit"
+
+
 def test_the_report_writes_claims_md(tmp_path):
     out = build_report(write_study(tmp_path / "study", records()))
     text = (out / "claims.md").read_text(encoding="utf-8")

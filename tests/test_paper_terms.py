@@ -249,3 +249,29 @@ def test_adapters_expose_the_last_layers_value_vectors() -> None:
     gru = build_student(custom_spec("gru", 60, 8, 1), num_labels=3, max_positions=16)
     with pytest.raises(ValueError, match="no value vectors"):
         run(gru, inputs, ["values"])
+
+
+def test_method_needs_follow_the_options() -> None:
+    """`Method.needs(options)` is what an instance built with those options reads: the cache command and the
+    claims' method families rely on it without building models."""
+    for name, hparams in (("minilm", {}), ("minilm", {"value_relation": 0.5}), ("kd", {}), ("ckd", {}),
+                          ("combo", {"parts": [{"method": "kd"}, {"method": "minilm", "value_relation": 1.0}]})):
+        built = get_method(name)(STUDENT, TEACHER, **hparams)
+        assert get_method(name).needs(hparams) == (tuple(built.teacher_needs), tuple(built.student_needs))
+    assert "values" in get_method("minilm").needs({"value_relation": "1"})[0]  # a command-line string
+    assert get_method("ft").needs() == ((), ("logits",))
+
+
+def test_cache_command_takes_the_methods_options(small_exception, tiny_teacher, tmp_path, monkeypatch, capsys):
+    """`codekd cache --method minilm --value-relation 1` caches the value vectors that distillation reads."""
+    import sys
+
+    from codekd.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["codekd", "cache", "--teacher", str(tiny_teacher), "--task", "exception",
+                                      "--data", str(small_exception), "--method", "minilm", "--cache-dir",
+                                      str(tmp_path), "--value-relation", "1"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    assert "values" in capsys.readouterr().out

@@ -41,6 +41,12 @@ class Method(nn.Module):
         self.hp = self.options(hparams)
 
     @classmethod
+    def needs(cls, hparams: dict[str, Any] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(teacher needs, student needs) of the method with these options: what a teacher cache must hold and
+        what each model must output. The class attributes are those of the default options."""
+        return tuple(cls.teacher_needs), tuple(cls.student_needs)
+
+    @classmethod
     def options(cls, hparams: dict[str, Any]) -> dict[str, Any]:
         """The method's options: `hparams` over the defaults, each of the default's type and in range. A study
         file is checked with this before any cell runs; building the method checks the same way."""

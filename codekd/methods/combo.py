@@ -46,8 +46,15 @@ class Combo(Method):
             self.names.append(name)
             self.weights.append(weight)
         # Instance attributes: the trainer reads the needs from the method it was given.
-        self.teacher_needs = tuple(n for n in NEEDS if any(n in p.teacher_needs for p in self.parts))
-        self.student_needs = tuple(n for n in NEEDS if any(n in p.student_needs for p in self.parts))
+        self.teacher_needs, self.student_needs = self.needs(self.hp)
+
+    @classmethod
+    def needs(cls, hparams: dict[str, Any] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The union of the parts' needs, in the order of `NEEDS`."""
+        parts = [_parse_part(i, entry) for i, entry in enumerate(cls.options(hparams or {})["parts"])]
+        each = [get_method(name).needs(options) for name, _, options in parts]
+        teacher = tuple(n for n in NEEDS if any(n in t for t, _ in each))
+        return teacher, tuple(n for n in NEEDS if any(n in s for _, s in each))
 
     @classmethod
     def options(cls, hparams: dict[str, Any]) -> dict[str, Any]:

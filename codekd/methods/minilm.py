@@ -63,8 +63,15 @@ class MiniLM(Method):
             if self.teacher_idx not in (-1, teacher.num_layers - 1):
                 raise ValueError(f"method 'minilm': value_relation uses the last layers' value vectors (the "
                                  f"paper's), so teacher_layer={layer} cannot go with it: set teacher_layer -1")
-            self.teacher_needs = (*self.teacher_needs, "values")
-            self.student_needs = (*self.student_needs, "values")
+            self.teacher_needs, self.student_needs = self.needs(self.hp)
+
+    @classmethod
+    def needs(cls, hparams: dict[str, Any] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The value relation also needs both models' last-layer value vectors."""
+        teacher, student = super().needs()
+        if cls.options(hparams or {})["value_relation"] > 0:
+            return (*teacher, "values"), (*student, "values")
+        return teacher, student
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
