@@ -174,10 +174,10 @@ def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
 def _band(a: Tensor, width: int) -> Tensor:
     """(…, N, 2·width+1) float64: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
 
-    From blocks of C = width positions: each block's products with itself and the next block, (C, 2C) by one
-    batched matmul, then row r's entries r..r+width read off by viewing the flat block as rows of 2C+1 (the
-    relative-position shift of Transformer-XL). No gather or per-offset slice of ``a``: the backward of
-    each of those costs a full-size copy."""
+    From blocks of C = width positions: each block's products with itself and with the next block, two
+    (C, C) batched matmuls, then row r's entries r..r+width read off by viewing the flat block as rows of
+    2C+1 (the relative-position shift of Transformer-XL); the entries behind come from those by one gather.
+    No gather or per-offset slice of ``a`` itself: the backward of each of those costs a full-size copy."""
     n, c = a.shape[-2], max(width, 1)
     blocks = -(-n // c)
     x = F.pad(a.double(), (0, 0, 0, (blocks + 1) * c - n)).unflatten(-2, (blocks + 1, c))
