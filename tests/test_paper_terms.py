@@ -275,3 +275,10 @@ def test_cache_command_takes_the_methods_options(small_exception, tiny_teacher, 
         main()
     assert done.value.code in (0, None)
     assert "values" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["codekd", "cache", "--teacher", str(tiny_teacher), "--task", "exception",
+                                      "--data", str(small_exception), "--method", "kd", "--cache-dir",
+                                      str(tmp_path / "other"), "--tempreture", "3"])  # a misspelt option
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2 and "unknown option(s) ['tempreture']" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -43,7 +43,9 @@ class Method(nn.Module):
     @classmethod
     def needs(cls, hparams: dict[str, Any] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(teacher needs, student needs) of the method with these options: what a teacher cache must hold and
-        what each model must output. The class attributes are those of the default options."""
+        what each model must output. The class attributes are those of the default options; the options are
+        checked (`options`), so a caller that takes them from a user refuses a wrong one."""
+        cls.options(hparams or {})
         return tuple(cls.teacher_needs), tuple(cls.student_needs)
 
     @classmethod

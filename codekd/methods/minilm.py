@@ -68,7 +68,7 @@ class MiniLM(Method):
     @classmethod
     def needs(cls, hparams: dict[str, Any] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The value relation also needs both models' last-layer value vectors."""
-        teacher, student = super().needs()
+        teacher, student = super().needs(hparams)
         if cls.options(hparams or {})["value_relation"] > 0:
             return (*teacher, "values"), (*student, "values")
         return teacher, student
