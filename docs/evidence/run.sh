@@ -16,8 +16,6 @@ phase() {  # phase NAME CONFIG OUT ONLY...
   (cd "$code" && PYTHONPATH=$code nice -n 19 /work/main/.venv/bin/python -m codekd study "$cfg" --out "$out" --keep-going "$@")
   echo "=== $(date -u +%FT%TZ) phase $name exit $?"
 }
-phase claim-a configs/evidence.yaml $S/study --only method=ft,kd_study,kd_hinton
-phase sweep configs/evidence-sweep.yaml $S/sweep
-phase transfer configs/evidence.yaml $S/study --only method=kd_hinton_transfer
-phase feature configs/evidence.yaml $S/study --only method=pkd,ckd,tinybert
-phase logit configs/evidence.yaml $S/study --only method=dist,dkd
+# done in earlier sittings: claim (a) at lr 1e-3 (ft, kd_study, kd_hinton, both students) and the sweep
+phase roberta-lr configs/evidence.yaml $S/study --only student=roberta-1.5m --only method=ft_lr5e-4,kd_hinton_lr5e-4
+phase gru configs/evidence.yaml $S/study --only student=gru-1.5m --only method=dist,ckd,pkd,dkd,tinybert,kd_hinton_transfer
