@@ -6,8 +6,10 @@ of about 5 % of the teacher's size keeps ≥ 90 % of its quality. These are chec
 grid codekd ran, with a paired t-test over the seeds two rows share (seeds fix data order and
 initialisation, which both rows use):
 
-- (a) per student: every vanilla-KD row (base method `kd`, no transfer set) against FT; the claim holds for
-  that student when at least one is better than FT with p < α.
+- (a) per student: every vanilla-KD row (base method `kd`, no transfer set) against the FT rows trained with
+  the same training options (learning rate, epochs, …; every FT row when none is), so that a KD row at a
+  tuned learning rate meets FT at that rate; the claim holds for that student when at least one KD row is
+  better than its FT row with p < α.
 - (b) per student: the feature-based row with the best mean test score against the logit-based row with the
   best mean (rows with a transfer set left out, since they see more data). Picking both by their test
   means favours neither family; the claim holds when the feature mean ≥ the logit mean.
@@ -64,6 +66,11 @@ def uses_transfer(cell: Cell) -> bool:
     return bool(_config(cell).get("transfer"))
 
 
+def _training(cell: Cell) -> dict[str, Any]:
+    """The row's training options, less the seed (which the paired test pairs on)."""
+    return {k: v for k, v in (_config(cell).get("train") or {}).items() if k != "seed"}
+
+
 def family(cell: Cell) -> str:
     """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…)."""
     from codekd.methods import get_method
@@ -95,10 +102,10 @@ def claims(cells: Sequence[Cell]) -> list[Verdict]:
         for student in dict.fromkeys(c.student for c in students):
             rows = [c for c in students if c.student == student]
             subject = f"{task} / {teacher} / {student}"
-            ft = next((c for c in rows if c.method == "ft"), None)
-            if ft is not None:
-                verdicts += [_versus("a", subject, c, ft, better=True) for c in rows
-                             if base_method(c) == "kd" and not uses_transfer(c)]
+            fts = [c for c in rows if base_method(c) == "ft"]
+            for kd in (c for c in rows if base_method(c) == "kd" and not uses_transfer(c)):
+                same = [f for f in fts if _training(f) == _training(kd)] or fts
+                verdicts += [_versus("a", subject, kd, f, better=True) for f in same]
             best = {f: max((c for c in rows if family(c) == f and not uses_transfer(c)), key=_mean, default=None)
                     for f in ("logit", "feature")}
             if best["logit"] and best["feature"]:

@@ -53,6 +53,19 @@ def test_each_claim_compares_the_right_rows_with_a_paired_test():
     assert len(verdicts) == 5
 
 
+def test_a_kd_row_meets_the_ft_row_trained_like_it():
+    """A KD row at a tuned learning rate is compared with FT at that rate, not with FT at the grid's rate."""
+    extra = [("ft_lr5e-4", "ft", (0.60, 0.61, 0.59)), ("kd_lr5e-4", "kd", (0.62, 0.64, 0.63))]
+    rs = records()
+    for name, method, accs in extra:
+        for seed, acc in zip(SEEDS, accs, strict=True):
+            r = record("roberta-7m", name, seed, acc, None if method == "ft" else TEACHER)
+            r["config"] = {"method": method, "train": {"lr": 5e-4, "seed": seed}}
+            rs.append(r)
+    compared = sorted(v.compared for v in claims(aggregate(rs)) if v.claim == "a" and "roberta-7m" in v.subject)
+    assert compared == ["kd vs ft", "kd_lr5e-4 vs ft_lr5e-4"]
+
+
 def test_a_row_is_feature_based_by_the_options_it_ran_with():
     """A combo with a PKD part, or MiniLM's value relation, reads more than logits: the family comes from the
     method's needs under the row's own options, not from the class defaults."""
