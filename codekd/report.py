@@ -3,7 +3,8 @@
 The result records of a study (`results*.jsonl`, read by `codekd.study.read_results`) are grouped once into
 cells — one per (task, teacher, student, method), the teacher's own runs with student None — and every output
 is rendered from those cells: `tables.md`, `tables.tex`, `results.csv`, `claims.md` (the study's claims tested
-here, `codekd.claims`), three PNG plots and a self-contained `index.html`. A score is the record's headline
+here, `codekd.claims`), `diagnostics.md` and the validation curves (`codekd.curves`), four PNG plots and a
+self-contained `index.html`. A score is the record's headline
 metric in %, mean ± sample std over seeds. A method is compared
 with FT on the same (task, teacher, student) by a paired t-test over the seeds both ran, because seeds fix the
 data order and initialisation that both runs share.
@@ -30,6 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 
 from codekd.claims import claims  # noqa: E402
 from codekd.claims import to_markdown as claims_markdown  # noqa: E402
+from codekd.curves import CAPTION, diagnostics_markdown, plot_curves  # noqa: E402
 from codekd.io import atomic_dir, check_new_output  # noqa: E402
 from codekd.stats import ALPHA, mean_std, paired_test  # noqa: E402
 from codekd.study import read_results  # noqa: E402
@@ -43,7 +45,8 @@ NA = "n/a"  # a run without this measurement
 MARKERS = {"roberta": ("o", "-"), "gru": ("s", ":")}  # student kind -> marker, line style
 PLOTS = {"metric_vs_params.png": "Headline metric against student parameters (mean ± std over seeds).",
          "retention_heatmap.png": "Retention: student headline ÷ teacher headline (%), mean over seeds.",
-         "latency_vs_metric.png": "Headline metric against p50 latency; the step line is the Pareto front."}
+         "latency_vs_metric.png": "Headline metric against p50 latency; the step line is the Pareto front.",
+         "curves.png": CAPTION}
 
 
 def _rank(value: str, preferred: tuple[str, ...]) -> tuple[int, str]:
@@ -475,5 +478,7 @@ def build_report(study_dir: Path, out: Path | None = None, force: bool = False) 
             writer.writerows(csv_rows(cells))
         (tmp / "claims.md").write_text(claims_markdown(claims(cells)), encoding="utf-8")
         write_plots(cells, tmp)
+        plot_curves(cells, study_dir, tmp / "curves.png")
+        (tmp / "diagnostics.md").write_text(diagnostics_markdown(cells, study_dir), encoding="utf-8")
         (tmp / "index.html").write_text(_page(title, summary(records), tables, tmp), encoding="utf-8")
     return out

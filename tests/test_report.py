@@ -157,7 +157,7 @@ def test_plots_are_real_pngs(report):
 
 def test_index_html_is_self_contained(report):
     page = (report / "index.html").read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 4  # the three plots and the validation curves
     assert "<table>" in page and "60.00" in page and "†" in page
     assert "13 records (1 teacher runs) of 13 study cells; student seeds: 1, 2, 3" in page
     assert "processor x86_64" in page and "paired t-test over 3 seeds" in page
