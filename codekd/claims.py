@@ -72,10 +72,15 @@ def _training(cell: Cell) -> dict[str, Any]:
 
 
 def family(cell: Cell) -> str:
-    """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…)."""
+    """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…);
+    `unknown` for a row this codekd cannot classify (a method or option it no longer has), so that a report of
+    old records still renders and leaves that row out of claim (b)."""
     from codekd.methods import get_method
 
-    needs = set(get_method(base_method(cell)).needs(_config(cell).get("hparams") or {})[0])
+    try:
+        needs = set(get_method(base_method(cell)).needs(_config(cell).get("hparams") or {})[0])
+    except ValueError:
+        return "unknown"
     return "ft" if not needs else "logit" if needs <= {"logits"} else "feature"
 
 

@@ -79,6 +79,8 @@ def test_a_row_is_feature_based_by_the_options_it_ran_with():
     assert family(row("combo", {"parts": [{"method": "kd"}]})) == "logit"
     assert family(row("combo", {"parts": [{"method": "kd"}, {"method": "pkd", "weight": 0.5}]})) == "feature"
     assert family(row("ft", {})) == "ft" and family(row("dist", {"temperature": 4.0})) == "logit"
+    # records of an older codekd: an option or a method since removed leaves the row unclassified, not the report
+    assert family(row("kd", {"no_such_option": 1})) == "unknown" and family(row("gone", {})) == "unknown"
 
 
 def test_the_report_writes_claims_md(tmp_path):
