@@ -56,9 +56,10 @@ def study_file(out: Path, teacher: str, data: str, transfer: Path | None, dry: b
     cfg["teachers"]["minilm"].update(model=teacher)
     cfg["teachers"]["minilm"]["train"].update(precision=precision, **({"epochs": 1} if dry else {}))
     cfg["train"].update(precision=precision, **({"epochs": 1} if dry else {}))
+    wanted = DRY_METHODS if dry else [m for _, only in PHASES for m in only.split(",")]
+    cfg["methods"] = {m: o for m, o in cfg["methods"].items() if m in wanted}  # not the CPU grid's lr variants
     if dry:
         cfg.update(seeds=[1], limit={"train": 32, "valid": 16, "test": 16})
-        cfg["methods"] = {m: o for m, o in cfg["methods"].items() if m in DRY_METHODS}
     elif transfer is not None:
         cfg["methods"]["kd_hinton_transfer"]["transfer"] = str(transfer)
     else:
