@@ -71,6 +71,15 @@ def _training(cell: Cell) -> dict[str, Any]:
     return {k: v for k, v in (_config(cell).get("train") or {}).items() if k != "seed"}
 
 
+def ft_rows(cell: Cell, cells: Sequence[Cell]) -> list[Cell]:
+    """The FT rows `cell` is compared with: FT on its task, teacher and student trained with the same options
+    (learning rate, epochs, …; so a method at a tuned learning rate meets FT at that rate), or every FT row
+    there when none is; the row named `ft` first."""
+    fts = [c for c in cells if (c.task, c.teacher, c.student) == (cell.task, cell.teacher, cell.student)
+           and base_method(c) == "ft" and c is not cell]
+    return sorted([f for f in fts if _training(f) == _training(cell)] or fts, key=lambda c: c.method != "ft")
+
+
 def family(cell: Cell) -> str:
     """`ft` (no teacher), `logit` (the teacher's logits only) or `feature` (also its hidden states, attentions…);
     `unknown` for a row this codekd cannot classify (a method or option it no longer has), so that a report of
@@ -107,10 +116,8 @@ def claims(cells: Sequence[Cell]) -> list[Verdict]:
         for student in dict.fromkeys(c.student for c in students):
             rows = [c for c in students if c.student == student]
             subject = f"{task} / {teacher} / {student}"
-            fts = [c for c in rows if base_method(c) == "ft"]
             for kd in (c for c in rows if base_method(c) == "kd" and not uses_transfer(c)):
-                same = [f for f in fts if _training(f) == _training(kd)] or fts
-                verdicts += [_versus("a", subject, kd, f, better=True) for f in same]
+                verdicts += [_versus("a", subject, kd, f, better=True) for f in ft_rows(kd, rows)]
             best = {f: max((c for c in rows if family(c) == f and not uses_transfer(c)), key=_mean, default=None)
                     for f in ("logit", "feature")}
             if best["logit"] and best["feature"]:

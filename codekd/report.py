@@ -6,8 +6,8 @@ is rendered from those cells: `tables.md`, `tables.tex`, `results.csv`, `claims.
 here, `codekd.claims`), `diagnostics.md` and the validation curves (`codekd.curves`), four PNG plots and a
 self-contained `index.html`. A score is the record's headline
 metric in %, mean ± sample std over seeds. A method is compared
-with FT on the same (task, teacher, student) by a paired t-test over the seeds both ran, because seeds fix the
-data order and initialisation that both runs share.
+with FT on the same (task, teacher, student), trained with the same options (`codekd.claims.ft_rows`), by a
+paired t-test over the seeds both ran, because seeds fix the data order and initialisation that both runs share.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 
-from codekd.claims import claims  # noqa: E402
+from codekd.claims import base_method, claims, ft_rows  # noqa: E402
 from codekd.claims import to_markdown as claims_markdown  # noqa: E402
 from codekd.curves import CAPTION, diagnostics_markdown, plot_curves  # noqa: E402
 from codekd.io import atomic_dir, check_new_output  # noqa: E402
@@ -134,8 +134,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[Cell]:
     refs = {(c.task, c.teacher): mean_std(c.scores.values())[0] for c in cells.values() if c.student is None}
     for cell in cells.values():
         cell.reference = refs.get((cell.task, cell.teacher))
-        ft = cells.get((cell.task, cell.teacher, cell.student, "ft"))
-        if cell.student is not None and cell.method != "ft" and ft is not None:
+        ft = next(iter(ft_rows(cell, list(cells.values()))), None)
+        if cell.student is not None and base_method(cell) != "ft" and ft is not None:
             cell.n_pairs, cell.p_value = paired_test(cell.scores, ft.scores)
     return sorted(cells.values(), key=lambda c: (_rank(c.task, TASK_ORDER), c.teacher, c.student is not None,
                                                  -(c.efficiency["parameters"] or 0), c.name,
@@ -177,7 +177,7 @@ class Table:
 
 
 def _significance_note(cells: list[Cell]) -> str:
-    compared = [c for c in cells if c.student is not None and c.method != "ft"]
+    compared = [c for c in cells if c.student is not None and base_method(c) != "ft"]
     tested = sorted({c.n_pairs for c in compared if c.p_value is not None})
     if not tested:
         return "No significance test was possible: no method has 2 or more seeds paired with FT."
@@ -304,7 +304,7 @@ def csv_rows(cells: list[Cell]) -> list[dict[str, Any]]:
                      "role": "student" if c.student else "teacher", "headline": c.headline,
                      "n_seeds": len(c.scores), "seeds": ";".join(map(str, sorted(c.scores))), "mean_pct": mean,
                      "std_pct": std, "retention_mean_pct": rmean, "retention_std_pct": rstd,
-                     "n_pairs_with_ft": c.n_pairs if c.student and c.method != "ft" else None,
+                     "n_pairs_with_ft": c.n_pairs if c.student and base_method(c) != "ft" else None,
                      "p_value_vs_ft": c.p_value, **c.efficiency})
     return rows
 

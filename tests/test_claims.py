@@ -62,8 +62,14 @@ def test_a_kd_row_meets_the_ft_row_trained_like_it():
             r = record("roberta-7m", name, seed, acc, None if method == "ft" else TEACHER)
             r["config"] = {"method": method, "train": {"lr": 5e-4, "seed": seed}}
             rs.append(r)
-    compared = sorted(v.compared for v in claims(aggregate(rs)) if v.claim == "a" and "roberta-7m" in v.subject)
+    cells = aggregate(rs)
+    compared = sorted(v.compared for v in claims(cells) if v.claim == "a" and "roberta-7m" in v.subject)
     assert compared == ["kd vs ft", "kd_lr5e-4 vs ft_lr5e-4"]
+    # the report's significance marks pair the same way; an FT variant is not tested against FT
+    at = {c.method: c for c in cells if c.student == "roberta-7m"}
+    assert at["kd_lr5e-4"].p_value == pytest.approx(ttest_rel([62, 64, 63], [60, 61, 59]).pvalue)
+    assert at["kd"].p_value == pytest.approx(ttest_rel(pct("roberta-7m", "kd"), pct("roberta-7m", "ft")).pvalue)
+    assert at["ft_lr5e-4"].p_value is None
 
 
 def test_a_row_is_feature_based_by_the_options_it_ran_with():
