@@ -49,7 +49,7 @@ def pack(out: Path) -> None:
 def study_file(out: Path, teacher: str, data: str, transfer: Path | None, dry: bool) -> Path:
     """The study file of the GPU grid, from configs/evidence.yaml."""
     cfg: dict[str, Any] = yaml.safe_load((REPO / "configs" / "evidence.yaml").read_text(encoding="utf-8"))
-    cfg.update(name="evidence-gpu", data={"exception": data}, max_length=64 if dry else 512,
+    cfg.update(name="evidence-gpu", data={"exception": data}, max_length=64 if dry else 512, seeds=[1, 2, 3],
                students=["roberta-0.6m"] if dry else ["roberta-7m", "roberta-30m"],
                efficiency={"runs": 3, "warmup": 1} if dry else {"runs": 50, "warmup": 10, "device": "cuda"})
     precision = "fp32" if dry else "bf16"

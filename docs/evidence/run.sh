@@ -17,9 +17,12 @@ phase() {  # phase NAME CONFIG OUT ONLY...
   echo "=== $(date -u +%FT%TZ) phase $name exit $?"
 }
 # done in earlier sittings: claim (a) at lr 1e-3 (ft, kd_study, kd_hinton, both students) and the sweep
-R="--only student=roberta-1.5m" G="--only student=gru-1.5m"
-phase roberta-lr configs/evidence.yaml $S/study $R --only method=ft_lr5e-4,kd_hinton_lr5e-4
-phase gru-b configs/evidence.yaml $S/study $G --only method=dist,pkd,ckd
-phase roberta-b configs/evidence.yaml $S/study $R --only method=dist_lr5e-4,pkd_lr5e-4,ckd_lr5e-4
-phase gru-rest configs/evidence.yaml $S/study $G --only method=dkd,tinybert,kd_hinton_transfer
-phase roberta-rest configs/evidence.yaml $S/study $R --only method=dkd_lr5e-4,tinybert_lr5e-4,kd_hinton_transfer_lr5e-4
+R="--only student=roberta-1.5m" G="--only student=gru-1.5m" S3="--only seed=1,2,3"
+phase roberta-lr configs/evidence.yaml $S/study $R $S3 --only method=ft_lr5e-4,kd_hinton_lr5e-4
+phase gru-b configs/evidence.yaml $S/study $G $S3 --only method=dist,pkd,ckd
+phase roberta-b configs/evidence.yaml $S/study $R $S3 --only method=dist_lr5e-4,pkd_lr5e-4,ckd_lr5e-4
+# claim (a)'s KD-vs-FT rows at a stable learning rate, seeds 4 and 5 (decided before they ran)
+phase claim-a-seeds configs/evidence.yaml $S/study --only seed=4,5 --only method=ft,kd_study,kd_hinton $G
+phase claim-a-seeds-r configs/evidence.yaml $S/study --only seed=4,5 --only method=ft_lr5e-4,kd_hinton_lr5e-4 $R
+phase gru-rest configs/evidence.yaml $S/study $G $S3 --only method=dkd,tinybert,kd_hinton_transfer
+phase roberta-rest configs/evidence.yaml $S/study $R $S3 --only method=dkd_lr5e-4,tinybert_lr5e-4,kd_hinton_transfer_lr5e-4
