@@ -36,7 +36,8 @@ from codekd.io import atomic_dir, check_new_output  # noqa: E402
 from codekd.stats import ALPHA, mean_std, paired_test  # noqa: E402
 from codekd.study import read_results  # noqa: E402
 
-METHOD_ORDER = ("ft", "kd", "dist", "pkd", "ckd")  # the study's order; other methods follow alphabetically
+METHOD_ORDER = ("ft", "kd", "dist", "pkd", "ckd")  # the study's order; other methods follow alphabetically, and a
+# renamed variant (kd_hinton) sorts with the method it runs
 TASK_ORDER = ("defect", "clone", "exception")
 DAGGER = "†"
 MISSING = "–"  # no run for this cell
@@ -52,6 +53,11 @@ PLOTS = {"metric_vs_params.png": "Headline metric against student parameters (me
 def _rank(value: str, preferred: tuple[str, ...]) -> tuple[int, str]:
     """Sort key: the preferred values in their order, then the others alphabetically."""
     return (preferred.index(value), "") if value in preferred else (len(preferred), value)
+
+
+def _method_rank(cell: Cell) -> tuple[tuple[int, str], str]:
+    """A row's place: by the method it runs in the study's order (a variant next to its method), then by name."""
+    return _rank(base_method(cell), METHOD_ORDER), cell.method
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -139,7 +145,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[Cell]:
             cell.n_pairs, cell.p_value = paired_test(cell.scores, ft.scores)
     return sorted(cells.values(), key=lambda c: (_rank(c.task, TASK_ORDER), c.teacher, c.student is not None,
                                                  -(c.efficiency["parameters"] or 0), c.name,
-                                                 _rank(c.method, METHOD_ORDER)))
+                                                 _method_rank(c)))
 
 
 def _unique(items: Iterable[Any]) -> list[Any]:
@@ -199,7 +205,7 @@ def study_tables(cells: list[Cell]) -> list[Table]:
         header = ["method", *(s for _, s in columns)]
         at = {(c.task, c.student, c.method): c for c in mine}
         ref = {c.task: c for c in mine if c.student is None}
-        methods = sorted({c.method for c in students}, key=lambda m: _rank(m, METHOD_ORDER))
+        methods = list(dict.fromkeys(c.method for c in sorted(students, key=_method_rank)))
         scores = [[f"teacher ({teacher})", *(_pm(ref[t].scores.values()) if t in ref else MISSING
                                              for t, _ in columns)]]
         retention = []
@@ -412,8 +418,8 @@ def _latency_vs_metric(ax: Any, cells: list[Cell], colors: dict[str, str]) -> No
 
 def write_plots(cells: list[Cell], out: Path) -> None:
     """The three figures, each a task × teacher grid of panels."""
-    colors = {m: f"C{i}" for i, m in enumerate(sorted({c.method for c in cells if c.student},
-                                                      key=lambda m: _rank(m, METHOD_ORDER)))}
+    colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(
+        c.method for c in sorted((c for c in cells if c.student), key=_method_rank)))}
     names = list(PLOTS)
     _panels(cells, lambda ax, cs: _metric_vs_params(ax, cs, colors), "headline metric vs student size", out / names[0])
     _panels(cells, _retention_heatmap, "retention of the teacher's headline metric (%)", out / names[1])

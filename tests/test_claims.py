@@ -7,7 +7,7 @@ from scipy.stats import ttest_rel
 from test_report import SEEDS, TEACHER, TEACHER_ACC, record, write_study
 
 from codekd.claims import claims
-from codekd.report import aggregate, build_report
+from codekd.report import aggregate, build_report, study_tables
 
 # student -> row -> (base method, transfer?, accuracy per seed)
 ROWS = {"roberta-7m": {"ft": ("ft", False, (0.50, 0.52, 0.51)), "kd": ("kd", False, (0.56, 0.585, 0.57)),
@@ -70,6 +70,10 @@ def test_a_kd_row_meets_the_ft_row_trained_like_it():
     assert at["kd_lr5e-4"].p_value == pytest.approx(ttest_rel([62, 64, 63], [60, 61, 59]).pvalue)
     assert at["kd"].p_value == pytest.approx(ttest_rel(pct("roberta-7m", "kd"), pct("roberta-7m", "ft")).pvalue)
     assert at["ft_lr5e-4"].p_value is None
+    # the tables list a variant with the method it runs, in the study's method order
+    scores = study_tables(cells)[0]
+    assert [row[0] for row in scores.rows] == [f"teacher ({TEACHER})", "FT", "FT_LR5E-4", "KD", "KD_HINTON",
+                                               "KD_LR5E-4", "KD_TRANSFER", "DIST", "PKD", "CKD"]
 
 
 def test_a_row_is_feature_based_by_the_options_it_ran_with():
