@@ -98,9 +98,11 @@ def _mean(cell: Cell) -> float:
 
 
 def _versus(claim: str, subject: str, a: Cell, b: Cell, better: bool) -> Verdict:
-    """`a` against `b`, paired over seeds; `better`: the claim needs a significantly above b, else a's mean ≥ b's."""
+    """`a` against `b`, paired over seeds; `better`: the claim needs a significantly above b, else a's mean ≥ b's.
+    The difference is the mean over the seeds both ran, the pairs the test uses (all seeds when they share none)."""
     n, p = paired_test(a.scores, b.scores)
-    diff = _mean(a) - _mean(b)
+    common = sorted(a.scores.keys() & b.scores.keys())
+    diff = (mean_std(a.scores[s] - b.scores[s] for s in common)[0] or 0.0) if common else _mean(a) - _mean(b)
     holds = (None if p is None else diff > 0 and p < ALPHA) if better else (None if n < 2 else diff >= 0)
     return Verdict(claim, subject, f"{a.method} vs {b.method}", diff, n, p, holds)
 

@@ -71,6 +71,11 @@ def test_a_kd_row_meets_the_ft_row_trained_like_it():
     assert at["kd"].p_value == pytest.approx(ttest_rel(pct("roberta-7m", "kd"), pct("roberta-7m", "ft")).pvalue)
     assert at["ft_lr5e-4"].p_value is None
     # the tables list a variant with the method it runs, in the study's method order
+    # a row with more seeds than its partner: the difference is over the seeds both ran, as the test's pairs
+    more = [*rs, *(dict(r, seed=9, key=r["key"] + "9", metrics={**r["metrics"], "accuracy": 0.2})
+                   for r in rs if r["student"] == "roberta-7m" and r["method"] == "ft_lr5e-4" and r["seed"] == 1)]
+    (v,) = [v for v in claims(aggregate(more)) if v.compared == "kd_lr5e-4 vs ft_lr5e-4"]
+    assert v.n_pairs == 3 and v.difference == pytest.approx(63.0 - 60.0)
     scores = study_tables(cells)[0]
     assert [row[0] for row in scores.rows] == [f"teacher ({TEACHER})", "FT", "FT_LR5E-4", "KD", "KD_HINTON",
                                                "KD_LR5E-4", "KD_TRANSFER", "DIST", "PKD", "CKD"]
