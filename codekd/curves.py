@@ -74,7 +74,17 @@ def _majority(runs: dict[int, dict[str, Any]]) -> str:
     return f"{100 * max(shares):.1f}" if shares else "n/a"
 
 
-def diagnostics_markdown(cells: Sequence[Cell], study_dir: Path) -> str:
+Runs = dict[int, dict[int, dict[str, Any]]]  # id(cell) -> its histories(), read once for both outputs
+
+
+def write_curves(cells: Sequence[Cell], study_dir: Path, out: Path) -> None:
+    """`diagnostics.md` and `curves.png` in `out`, from each run directory's `metrics.json`, each read once."""
+    runs = {id(c): histories(c, study_dir) for c in cells}
+    (out / "diagnostics.md").write_text(diagnostics_markdown(cells, runs), encoding="utf-8")
+    plot_curves(cells, runs, out / "curves.png")
+
+
+def diagnostics_markdown(cells: Sequence[Cell], runs_of: Runs) -> str:
     """`diagnostics.md`: per student cell its mean validation curve, best epochs, largest majority share and
     the diagnostics its runs raised."""
     lines = ["# Training curves and diagnostics", "",
@@ -84,7 +94,7 @@ def diagnostics_markdown(cells: Sequence[Cell], study_dir: Path) -> str:
              "", "| task / teacher / student | method | runs | validation per epoch (mean) | best epochs | "
              "largest majority % | diagnostics |", "|---|---|---|---|---|---|---|"]
     for c in (c for c in cells if c.student is not None):
-        runs = histories(c, study_dir)
+        runs = runs_of[id(c)]
         grid = _curves(runs, c.headline)
         means = ", ".join("–" if np.isnan(v) else f"{v:.1f}" for v in
                           (np.nanmean(col) if not np.isnan(col).all() else np.nan for col in grid.T))
@@ -94,7 +104,7 @@ def diagnostics_markdown(cells: Sequence[Cell], study_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(cells: Sequence[Cell], study_dir: Path, path: Path) -> None:
+def plot_curves(cells: Sequence[Cell], runs_of: Runs, path: Path) -> None:
     """`curves.png`: one panel per (task, teacher, student), a line per method."""
     groups = list(dict.fromkeys((c.task, c.teacher, c.student) for c in cells if c.student is not None))
     columns = min(3, max(1, len(groups)))
@@ -103,7 +113,7 @@ def plot_curves(cells: Sequence[Cell], study_dir: Path, path: Path) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
     for ax, group in zip(axes.flat, groups, strict=False):
         for c in (c for c in cells if (c.task, c.teacher, c.student) == group):
-            grid = _curves(histories(c, study_dir), c.headline)
+            grid = _curves(runs_of[id(c)], c.headline)
             if not grid.size or np.isnan(grid).all():
                 continue
             epochs = np.arange(1, grid.shape[1] + 1)
@@ -112,7 +122,7 @@ def plot_curves(cells: Sequence[Cell], study_dir: Path, path: Path) -> None:
             ax.plot(epochs, mean, marker="o", color=colors[c.method], label=f"{c.method} ({grid.shape[0]} runs)")
             ax.fill_between(epochs, low, high, color=colors[c.method], alpha=0.15)
         teacher = next((c for c in cells if (c.task, c.teacher, c.student) == (group[0], group[1], None)), None)
-        grid = _curves(histories(teacher, study_dir), teacher.headline) if teacher is not None else np.empty(0)
+        grid = _curves(runs_of[id(teacher)], teacher.headline) if teacher is not None else np.empty(0)
         if grid.size and not np.isnan(grid).all():
             ax.plot(np.arange(1, grid.shape[1] + 1), np.nanmean(grid, 0), linestyle="--", color="gray",
                     label=f"teacher {teacher.teacher}")

@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 
 from codekd.claims import base_method, claims, ft_rows  # noqa: E402
 from codekd.claims import to_markdown as claims_markdown  # noqa: E402
-from codekd.curves import CAPTION, diagnostics_markdown, plot_curves  # noqa: E402
+from codekd.curves import CAPTION, write_curves  # noqa: E402
 from codekd.io import atomic_dir, check_new_output  # noqa: E402
 from codekd.stats import ALPHA, mean_std, paired_test  # noqa: E402
 from codekd.study import read_results  # noqa: E402
@@ -484,7 +484,6 @@ def build_report(study_dir: Path, out: Path | None = None, force: bool = False) 
             writer.writerows(csv_rows(cells))
         (tmp / "claims.md").write_text(claims_markdown(claims(cells)), encoding="utf-8")
         write_plots(cells, tmp)
-        plot_curves(cells, study_dir, tmp / "curves.png")
-        (tmp / "diagnostics.md").write_text(diagnostics_markdown(cells, study_dir), encoding="utf-8")
+        write_curves(cells, study_dir, tmp)
         (tmp / "index.html").write_text(_page(title, summary(records), tables, tmp), encoding="utf-8")
     return out
