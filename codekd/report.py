@@ -138,9 +138,10 @@ def aggregate(records: list[dict[str, Any]]) -> list[Cell]:
             key = (r["task"], teacher, r.get("student"), r["method"])
             cells.setdefault(key, Cell(*key, headline=r["headline"])).records.append(r)
     refs = {(c.task, c.teacher): mean_std(c.scores.values())[0] for c in cells.values() if c.student is None}
-    for cell in cells.values():
+    every = list(cells.values())
+    for cell in every:
         cell.reference = refs.get((cell.task, cell.teacher))
-        ft = next(iter(ft_rows(cell, list(cells.values()))), None)
+        ft = next(iter(ft_rows(cell, every)), None)
         if cell.student is not None and base_method(cell) != "ft" and ft is not None:
             cell.n_pairs, cell.p_value = paired_test(cell.scores, ft.scores)
     return sorted(cells.values(), key=lambda c: (_rank(c.task, TASK_ORDER), c.teacher, c.student is not None,
