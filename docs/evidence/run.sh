@@ -23,6 +23,7 @@ phase gru-b configs/evidence.yaml $S/study $G $S3 --only method=dist,pkd,ckd
 phase roberta-b configs/evidence.yaml $S/study $R $S3 --only method=dist_lr5e-4,pkd_lr5e-4,ckd_lr5e-4
 # claim (a)'s KD-vs-FT rows at a stable learning rate, seeds 4 and 5 (decided before they ran)
 phase claim-a-seeds configs/evidence.yaml $S/study --only seed=4,5 --only method=ft,kd_study,kd_hinton $G
-phase claim-a-seeds-r configs/evidence.yaml $S/study --only seed=4,5 --only method=ft_lr5e-4,kd_hinton_lr5e-4 $R
 phase gru-rest configs/evidence.yaml $S/study $G $S3 --only method=dkd,tinybert,kd_hinton_transfer
 phase roberta-rest configs/evidence.yaml $S/study $R $S3 --only method=dkd_lr5e-4,tinybert_lr5e-4,kd_hinton_transfer_lr5e-4
+# last: roberta-1.5m's claim-(a) seeds 4-5 (every method's 3 seeds first; decided before they ran)
+phase claim-a-seeds-r configs/evidence.yaml $S/study --only seed=4,5 --only method=ft_lr5e-4,kd_hinton_lr5e-4 $R
