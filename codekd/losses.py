@@ -17,6 +17,7 @@ gradients), never NaN.
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -157,6 +158,11 @@ def _neighbours(n: int, window: int, device: torch.device) -> tuple[Tensor, Tens
     return torch.arange(n, device=device).expand(n, n), torch.ones(n, n, dtype=torch.bool, device=device)
 
 
+def _slots(n: int, window: int) -> int:
+    """K, the neighbour slots per anchor of :func:`_neighbours`."""
+    return 2 * window + 1 if window < n else n
+
+
 def _take(x: Tensor, index: Tensor) -> Tensor:
     """``x[..., index]`` for an (…, M) ``index`` broadcast over x's leading axes, by ``torch.gather``: its
     backward is one scatter-add, where advanced indexing's is an index_put and per-offset slices' a
@@ -180,9 +186,13 @@ def _band(a: Tensor, width: int) -> Tensor:
     No gather or per-offset slice of ``a`` itself: the backward of each of those costs a full-size copy."""
     n, c = a.shape[-2], max(width, 1)
     blocks = -(-n // c)
-    x = F.pad(a.double(), (0, 0, 0, (blocks + 1) * c - n)).unflatten(-2, (blocks + 1, c))
-    block, following = x[..., :-1, :, :], x[..., 1:, :, :]
-    g = torch.cat([block @ block.transpose(-1, -2), block @ following.transpose(-1, -2)], -1)
+    x = a.new_zeros(*a.shape[:-2], (blocks + 1) * c, a.shape[-1], dtype=torch.float64)
+    x[..., :n, :] = a
+    # every sequence's blocks end to end, so that each product is one batched matmul of contiguous blocks
+    # (the last block of a sequence meets the next sequence's first: those products are dropped)
+    y = x.view(-1, c, a.shape[-1])
+    same, following = y @ y.transpose(-1, -2), F.pad(y[:-1] @ y[1:].transpose(-1, -2), (0, 0, 0, 0, 0, 1))
+    g = torch.cat([same, following], -1).unflatten(0, (*a.shape[:-2], blocks + 1))[..., :-1, :, :]
     flat = F.pad(g.flatten(-2), (0, c))  # C·2C + C entries: C rows of 2C + 1, row r starting at g[r, r]
     ahead = flat.unflatten(-1, (c, 2 * c + 1))[..., : width + 1].flatten(-3, -2)[..., :n, :]  # e = 0..width
     # ⟨a_m, a_m−e⟩ = ⟨a_m−e, a_m⟩: column e of row m − e, for column j = width − e; `width` zero rows on top
@@ -205,8 +215,8 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
     Computed from float64 products, not from (…, N, K, H) difference vectors: with x = a_n − a_i and
     y = a_n − a_j, ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W
     apart, so one band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle.
-    With l = ‖x‖, r = 1/‖x‖ (both 0 for a zero slot) the angle is (l_i·r_j + r_i·l_j − r_i·r_j·‖a_i − a_j‖²) / 2,
-    so no K×K tensor needs a mask. A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the
+    With r = 1/‖x‖ (0 for a zero slot) the angle is r_i·r_j·(‖x_i‖² + ‖x_j‖² − ‖a_i − a_j‖²) / 2, so no K×K tensor
+    needs a mask. A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the
     anchor itself, a duplicate vector) is zero, as ``F.normalize`` makes an exact zero, with a zero gradient.
     The direct form's gradient there is 1/eps = 1e12 times the upstream one, added and subtracted again:
     exact in exact arithmetic, but in fp32 its rounding error is as large as the whole gradient
@@ -214,7 +224,7 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
     """
     n = a.shape[-2]
     in_range = _neighbours(n, window, a.device)[1]
-    k = 2 * window + 1 if window < n else n
+    k = _slots(n, window)
     first, second = torch.triu_indices(k, k, 1, device=a.device)
     if window < n:
         width = 2 * window
@@ -239,10 +249,10 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
     if keep is not None:
         zero = zero | ~keep
     safe = torch.where(zero, 1, anchor.to(a.dtype))  # 1 where zero: no infinite gradient through the sqrt
-    length, inverse = torch.where(zero, 0, safe.sqrt()), torch.where(zero, 0, safe.rsqrt())
-    l_i, l_j, r_i, r_j = (_take(x, i) for x in (length, inverse) for i in (first, second))
-    upper = (l_i * r_j + r_i * l_j - r_i * r_j * pairs) / 2
-    return distances.to(a.dtype), length * inverse, upper
+    squared_length, half_inverse = torch.where(zero, 0, safe), torch.where(zero, 0, safe.rsqrt() * 0.5**0.5)
+    q_i, q_j, h_i, h_j = (_take(x, i) for x in (squared_length, half_inverse) for i in (first, second))
+    upper = h_i * h_j * (q_i + q_j - pairs)
+    return distances.to(a.dtype), (~zero).to(a.dtype), upper
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -252,24 +262,70 @@ def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     return torch.where(weights, values, 0).sum() / weights.sum().clamp_min(1)
 
 
-def _relation_loss(student: Tensor, teacher: Tensor, window: int, valid: Tensor | None) -> Tensor:
-    """dist_loss + angle_loss between student and teacher relations over the second-last axis.
+def _relation_pairs(shape: torch.Size, window: int, valid: Tensor | None, device: torch.device) -> Tensor | None:
+    """The kept (…, N, K) neighbour slots of relations over the last axis of ``shape`` (…, N): a slot is kept
+    when its neighbour is in range and both it and the anchor are valid. None without ``valid`` (all kept)."""
+    if valid is None:
+        return None
+    index, in_range = _neighbours(shape[-1], window, device)
+    return in_range & valid[..., :, None] & valid[..., index]
 
-    ``valid`` (…, N) flags the usable positions along that axis (None: all, the study's plain mean). With
-    it, a distance term is kept only when its in-range neighbour and its anchor are both valid, and an
-    angle term only when both of its distance terms are kept; the losses are means over kept terms. The
-    angle loss sums each symmetric K×K block as its diagonal plus twice its upper triangle.
-    """
-    index, in_range = _neighbours(student.shape[-2], window, student.device)
-    pair = None if valid is None else in_range & valid[..., :, None] & valid[..., index]
+
+def _relation_counts(shape: torch.Size, window: int, pair: Tensor | None) -> tuple[Tensor | int, Tensor | int]:
+    """How many distance terms and angle terms relations over the last axis of ``shape`` (…, N) average over:
+    the kept slots, and per anchor the square of its kept slots (at least 1 each, for an all-padding batch)."""
+    k = _slots(shape[-1], window)
+    if pair is None:
+        return math.prod(shape) * k, math.prod(shape) * k * k
+    kept = pair.expand(*shape, k).sum(-1)
+    return kept.sum().clamp_min(1), (kept**2).sum().clamp_min(1)
+
+
+def _relation_loss(student: Tensor, teacher: Tensor, window: int, pair: Tensor | None,
+                   counts: tuple[Tensor | int, Tensor | int]) -> Tensor:
+    """dist_loss + angle_loss between student and teacher relations over the second-last axis: each the sum of
+    its squared differences over the kept slots ``pair`` (:func:`_relation_pairs`) divided by its count in
+    ``counts`` (:func:`_relation_counts`; the whole batch's, when this is one chunk of it). The angle loss
+    sums each symmetric K×K block as its diagonal plus twice its upper triangle."""
     d_s, diag_s, up_s = _relations(student, window, pair)
     with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
         d_t, diag_t, up_t = _relations(teacher, window, pair)
+    squared = (d_s - d_t) ** 2
+    if pair is not None:
+        squared = torch.where(pair, squared, 0)
     angle_sum = ((diag_s - diag_t) ** 2).sum() + 2 * ((up_s - up_t) ** 2).sum()
-    if pair is None:
-        return F.mse_loss(d_s, d_t) + angle_sum / (diag_s.numel() * diag_s.shape[-1])
-    kept = pair.expand_as(d_s)
-    return _masked_mean((d_s - d_t) ** 2, kept) + angle_sum / (kept.sum(-1) ** 2).sum().clamp_min(1)
+    return squared.sum() / counts[0] + angle_sum / counts[1]
+
+
+class _Chunked(torch.autograd.Function):
+    """A loss that is a sum over the examples of a batch, computed on chunks of ``chunk`` examples, each
+    chunk's gradient taken at once. Its intermediates then stay in the CPU's cache and none of them is kept
+    for the backward pass, which only scales the stored gradient (CKD's K-space tensors are ~50 floats
+    per hidden value; a whole batch's do not fit in cache)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loss_of: Callable[[Tensor, slice], Tensor], chunk: int,  # type: ignore[override]
+                grad_mode: bool) -> Tensor:
+        total, grads = x.new_zeros(()), []
+        for start in range(0, x.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            part = x[rows].detach().requires_grad_(ctx.needs_input_grad[0] and grad_mode)
+            with torch.enable_grad():
+                value = loss_of(part, rows)
+            if part.requires_grad:
+                grads.append(torch.autograd.grad(value, part)[0])
+            total += value.detach()
+        ctx.save_for_backward(torch.cat(grads) if grads else None)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, upstream: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return None if grad is None else grad * upstream, None, None, None
+
+
+CHUNK_ELEMENTS = 2**20  # per chunk of CKD's batch: L·N·K² summed over its examples (~4 MB of fp32 per tensor)
 
 
 @fp32
@@ -304,16 +360,26 @@ def ckd_relations(
     Hence an all-ones mask equals ``mask=None`` only when no window slot falls out of range (N ≤ W and
     L ≤ W); otherwise it differs by the excluded out-of-range slots.
     """
-    student_ltr, teacher_ltr = student_hidden.transpose(1, 2), teacher_hidden.transpose(1, 2)
-    if mask is None:
-        word, layer = None, None
-    else:
-        valid = mask.bool()
-        word = valid[:, None, :]
-        layer = valid[:, :, None].expand(-1, -1, student_hidden.shape[1])
-    wr = _relation_loss(student_hidden, teacher_hidden, window, word)
-    ltr = _relation_loss(student_ltr, teacher_ltr, window, layer)
-    return wr + gamma * ltr
+    b, layers, n = student_hidden.shape[:3]
+    valid = None if mask is None else mask.bool()
+    word = _relation_pairs(student_hidden.shape[:3], window, None if valid is None else valid[:, None, :],
+                           student_hidden.device)
+    layer_shape = torch.Size((b, n, layers))
+    layer = _relation_pairs(layer_shape, window, None if valid is None else valid[:, :, None].expand(layer_shape),
+                            student_hidden.device)
+    word_counts = _relation_counts(student_hidden.shape[:3], window, word)
+    layer_counts = _relation_counts(layer_shape, window, layer)
+
+    def loss_of(student: Tensor, rows: slice) -> Tensor:
+        teacher = teacher_hidden[rows]
+        wr = _relation_loss(student, teacher, window, None if word is None else word[rows], word_counts)
+        ltr = _relation_loss(student.transpose(1, 2), teacher.transpose(1, 2), window,
+                             None if layer is None else layer[rows], layer_counts)
+        return wr + gamma * ltr
+
+    k = _slots(n, window)
+    chunk = max(1, CHUNK_ELEMENTS // (layers * n * k * k))
+    return _Chunked.apply(student_hidden, loss_of, chunk, torch.is_grad_enabled())
 
 
 @fp32

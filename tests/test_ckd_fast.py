@@ -89,7 +89,8 @@ def test_ckd_loss_in_fp32_matches_the_direct_formula_in_float64() -> None:
     s, t = torch.randn(4, 3, 40, 16), torch.randn(4, 3, 40, 24)
     (ds, as_), (dt, at) = direct_relations(s.double(), 10), direct_relations(t.double(), 10)
     want = F.mse_loss(ds, dt) + F.mse_loss(as_, at)
-    assert losses._relation_loss(s, t, 10, None).item() == pytest.approx(want.item(), rel=1e-5)
+    counts = losses._relation_counts(s.shape[:-1], 10, None)
+    assert losses._relation_loss(s, t, 10, None, counts).item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_teacher_relations_keep_no_graph() -> None:
@@ -99,3 +100,36 @@ def test_teacher_relations_keep_no_graph() -> None:
     t = torch.randn(2, 3, 12, 8, dtype=torch.float64, requires_grad=True)
     losses.ckd_relations(s, t, 2, 1.0).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunks_give_the_whole_batch_value_and_gradient(monkeypatch, masked: bool) -> None:
+    """The loss is taken chunk by chunk of the batch, each chunk's gradient at once: one chunk per example
+    gives the value and the gradient of one chunk for the whole batch (the counts are the whole batch's)."""
+    torch.manual_seed(5)
+    s0, t = torch.randn(5, 3, 30, 8, dtype=torch.float64), torch.randn(5, 3, 30, 12, dtype=torch.float64)
+    mask = (torch.arange(30) < torch.tensor([30, 22, 9, 30, 1])[:, None]).long() if masked else None
+    results = []
+    for elements in (1, 10**9):  # one example per chunk; the whole batch in one
+        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", elements)
+        s = s0.clone().requires_grad_(True)
+        loss = losses.ckd_relations(s, t, 4, 3.0, mask)
+        (2.5 * loss).backward()
+        results.append((loss.detach(), s.grad))
+    (one, g_one), (whole, g_whole) = results
+    torch.testing.assert_close(one, whole, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g_one, g_whole, rtol=1e-10, atol=1e-14)
+    assert g_one.abs().sum() > 0
+
+
+def test_no_gradient_is_taken_without_autograd(monkeypatch) -> None:
+    calls = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
+    torch.manual_seed(6)
+    s, t = torch.randn(3, 2, 14, 8), torch.randn(3, 2, 14, 8)
+    with torch.no_grad():
+        value = losses.ckd_relations(s.requires_grad_(True), t, 3, 1.0)
+    assert not value.requires_grad and value.item() > 0 and not calls
+    losses.ckd_relations(s, t, 3, 1.0).backward()
+    assert calls and s.grad.abs().sum() > 0
