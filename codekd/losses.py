@@ -177,8 +177,8 @@ def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
     return _take(x.flatten(-2), (starts + offsets).flatten()).unflatten(-1, (rows, offsets.numel()))
 
 
-def _band(a: Tensor, width: int) -> Tensor:
-    """(…, N, 2·width+1) float64: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
+def _band(a: Tensor, width: int, wide: torch.dtype) -> Tensor:
+    """(…, N, 2·width+1) in dtype ``wide``: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
 
     From blocks of C = width positions: each block's products with itself and with the next block, two
     (C, C) batched matmuls, then row r's entries r..r+width read off by viewing the flat block as rows of
@@ -186,7 +186,7 @@ def _band(a: Tensor, width: int) -> Tensor:
     No gather or per-offset slice of ``a`` itself: the backward of each of those costs a full-size copy."""
     n, c = a.shape[-2], max(width, 1)
     blocks = -(-n // c)
-    x = a.new_zeros(*a.shape[:-2], (blocks + 1) * c, a.shape[-1], dtype=torch.float64)
+    x = a.new_zeros(*a.shape[:-2], (blocks + 1) * c, a.shape[-1], dtype=wide)
     x[..., :n, :] = a
     # every sequence's blocks end to end, so that each product is one batched matmul of contiguous blocks
     # (the last block of a sequence meets the next sequence's first: those products are dropped)
@@ -201,7 +201,8 @@ def _band(a: Tensor, width: int) -> Tensor:
     return torch.cat([behind, ahead], -1)
 
 
-def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def _relations(a: Tensor, window: int, keep: Tensor | None = None, wide: torch.dtype = torch.float64,
+               ) -> tuple[Tensor, Tensor, Tensor]:
     """Cosine distances (…, N, K) and angles over the second-last axis of a (…, N, H), for the neighbour slots
     of :func:`_neighbours`; the angles as their diagonal (…, N, K) and upper triangle (…, N, K(K−1)/2, in
     ``torch.triu_indices`` order), as each anchor's K×K block is symmetric.
@@ -212,14 +213,16 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
     vector zeroed, so it gives distance 1 and angle 0; so does a slot where the broadcast boolean ``keep``
     (…, N, K) is False (the loss then leaves its terms out).
 
-    Computed from float64 products, not from (…, N, K, H) difference vectors: with x = a_n − a_i and
-    y = a_n − a_j, ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W
-    apart, so one band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle.
-    With r = 1/‖x‖ (0 for a zero slot) the angle is r_i·r_j·(‖x_i‖² + ‖x_j‖² − ‖a_i − a_j‖²) / 2, so no K×K tensor
-    needs a mask. A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (the
-    anchor itself, a duplicate vector) is zero, as ``F.normalize`` makes an exact zero, with a zero gradient.
-    The direct form's gradient there is 1/eps = 1e12 times the upstream one, added and subtracted again:
-    exact in exact arithmetic, but in fp32 its rounding error is as large as the whole gradient
+    Computed from products in dtype ``wide`` (float64; see :func:`_relation_loss` for the teacher's), not
+    from (…, N, K, H) difference vectors: with x = a_n − a_i and y = a_n − a_j,
+    ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W apart, so one
+    band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle. With
+    r = 1/‖x‖ (0 for a zero slot) the angle is r_i·r_j·(‖x_i‖² + ‖x_j‖² − ‖a_i − a_j‖²) / 2, so no K×K tensor
+    needs a mask. A difference whose squared length is below 1e-12 of ‖a_n‖² + ‖a_i‖² (1e-6 in fp32, above
+    its rounding there; the anchor itself, a duplicate vector) is zero, as ``F.normalize`` makes an exact
+    zero, with a zero gradient. The direct form's gradient there is 1/eps = 1e12 times the upstream one,
+    added and subtracted again: exact in exact arithmetic, but in fp32 its rounding error is as large as the
+    whole gradient
     (tests/test_ckd_fast.py).
     """
     n = a.shape[-2]
@@ -228,7 +231,7 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
     first, second = torch.triu_indices(k, k, 1, device=a.device)
     if window < n:
         width = 2 * window
-        band = _band(a, width)  # column 2W + e: ⟨a_m, a_m+e⟩
+        band = _band(a, width, wide)  # column 2W + e: ⟨a_m, a_m+e⟩
         sq_norm = band[..., width]
         shifted = F.pad(sq_norm, (width, width)).unfold(-1, 2 * width + 1, 1)  # ‖a_m+e‖², 0 outside
         squared = sq_norm[..., None] + shifted - 2 * band  # ‖a_m − a_m+e‖²
@@ -237,15 +240,16 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None) -> tuple[Tens
         pairs = _shear(rows, first * (rows.shape[-1] - 1) + second + width, n)
         dots, norms_i, anchor = (t[..., window : window + k] for t in (band, shifted, squared))
     else:
-        wide = a.double()
-        dots = wide @ wide.transpose(-1, -2)
+        exact = a.to(wide)
+        dots = exact @ exact.transpose(-1, -2)
         sq_norm = dots.diagonal(dim1=-2, dim2=-1)
         norms_i = sq_norm[..., None, :].expand_as(dots)
         anchor = sq_norm[..., :, None] + norms_i - 2 * dots
         pairs = anchor.to(a.dtype)[..., None, first, second]
     cosine = dots / (sq_norm.clamp_min(1e-24).sqrt()[..., :, None] * norms_i.clamp_min(1e-24).sqrt())
     distances = 1 - torch.where(in_range, cosine, 0)
-    zero = ~in_range | (anchor <= 1e-12 * (sq_norm[..., :, None] + norms_i))
+    tiny = 1e-12 if wide == torch.float64 else 1e-6
+    zero = ~in_range | (anchor <= tiny * (sq_norm[..., :, None] + norms_i))
     if keep is not None:
         zero = zero | ~keep
     safe = torch.where(zero, 1, anchor.to(a.dtype))  # 1 where zero: no infinite gradient through the sqrt
@@ -286,10 +290,14 @@ def _relation_loss(student: Tensor, teacher: Tensor, window: int, pair: Tensor |
     """dist_loss + angle_loss between student and teacher relations over the second-last axis: each the sum of
     its squared differences over the kept slots ``pair`` (:func:`_relation_pairs`) divided by its count in
     ``counts`` (:func:`_relation_counts`; the whole batch's, when this is one chunk of it). The angle loss
-    sums each symmetric K×K block as its diagonal plus twice its upper triangle."""
+    sums each symmetric K×K block as its diagonal plus twice its upper triangle.
+
+    The student's products are float64, for an exact gradient. The teacher's, a target without gradient, are
+    in its own dtype (fp32 unless it is float64): a cached teacher's states are fp16, whose rounding of a
+    difference vector exceeds fp32's cancellation in ‖a‖² + ‖b‖² − 2⟨a, b⟩ unless ‖a − b‖ < 1e-4·‖a‖."""
     d_s, diag_s, up_s = _relations(student, window, pair)
     with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
-        d_t, diag_t, up_t = _relations(teacher, window, pair)
+        d_t, diag_t, up_t = _relations(teacher, window, pair, teacher.dtype)
     squared = (d_s - d_t) ** 2
     if pair is not None:
         squared = torch.where(pair, squared, 0)
