@@ -177,6 +177,31 @@ def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
     return _take(x.flatten(-2), (starts + offsets).flatten()).unflatten(-1, (rows, offsets.numel()))
 
 
+class _BlockProducts(torch.autograd.Function):
+    """(T, C, 2C) from blocks y (T, C, H): each block's products with itself and with the next block (zero
+    for the last). The sequences' blocks lie end to end, so each product is one batched matmul of contiguous
+    blocks; a sequence's last (padding) block meets the next sequence's first, and the caller drops those.
+    The backward is three batched matmuls written into one gradient, where autograd's zero-fills and adds
+    a full-size gradient per slice of y."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(y)
+        following = F.pad(y[:-1] @ y[1:].transpose(-1, -2), (0, 0, 0, 0, 0, 1))
+        return torch.cat([y @ y.transpose(-1, -2), following], -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, upstream: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        c = y.shape[-2]
+        same, following = upstream[..., :c], upstream[:-1, :, c:]
+        grad = (same + same.transpose(-1, -2)) @ y
+        grad[:-1].baddbmm_(following, y[1:])
+        grad[1:].baddbmm_(following.transpose(-1, -2), y[:-1])
+        return grad
+
+
 def _band(a: Tensor, width: int, wide: torch.dtype) -> Tensor:
     """(…, N, 2·width+1) in dtype ``wide``: ⟨a_m, a_m+e⟩ for e = −width..width (column width + e), 0 outside [0, N).
 
@@ -186,13 +211,10 @@ def _band(a: Tensor, width: int, wide: torch.dtype) -> Tensor:
     No gather or per-offset slice of ``a`` itself: the backward of each of those costs a full-size copy."""
     n, c = a.shape[-2], max(width, 1)
     blocks = -(-n // c)
-    x = a.new_zeros(*a.shape[:-2], (blocks + 1) * c, a.shape[-1], dtype=wide)
+    x = torch.empty(*a.shape[:-2], (blocks + 1) * c, a.shape[-1], dtype=wide, device=a.device)
+    x[..., n:, :] = 0
     x[..., :n, :] = a
-    # every sequence's blocks end to end, so that each product is one batched matmul of contiguous blocks
-    # (the last block of a sequence meets the next sequence's first: those products are dropped)
-    y = x.view(-1, c, a.shape[-1])
-    same, following = y @ y.transpose(-1, -2), F.pad(y[:-1] @ y[1:].transpose(-1, -2), (0, 0, 0, 0, 0, 1))
-    g = torch.cat([same, following], -1).unflatten(0, (*a.shape[:-2], blocks + 1))[..., :-1, :, :]
+    g = _BlockProducts.apply(x.view(-1, c, a.shape[-1])).unflatten(0, (*a.shape[:-2], blocks + 1))[..., :-1, :, :]
     flat = F.pad(g.flatten(-2), (0, c))  # C·2C + C entries: C rows of 2C + 1, row r starting at g[r, r]
     ahead = flat.unflatten(-1, (c, 2 * c + 1))[..., : width + 1].flatten(-3, -2)[..., :n, :]  # e = 0..width
     # ⟨a_m, a_m−e⟩ = ⟨a_m−e, a_m⟩: column e of row m − e, for column j = width − e; `width` zero rows on top

@@ -133,3 +133,9 @@ def test_no_gradient_is_taken_without_autograd(monkeypatch) -> None:
     assert not value.requires_grad and value.item() > 0 and not calls
     losses.ckd_relations(s, t, 3, 1.0).backward()
     assert calls and s.grad.abs().sum() > 0
+
+
+def test_block_products_backward_is_the_numerical_gradient() -> None:
+    torch.manual_seed(7)
+    y = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(losses._BlockProducts.apply, (y,))
