@@ -177,6 +177,22 @@ def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
     return _take(x.flatten(-2), (starts + offsets).flatten()).unflatten(-1, (rows, offsets.numel()))
 
 
+class _Gram(torch.autograd.Function):
+    """x @ xᵀ for a batch of small matrices x (…, N, H), with a one-matmul backward ((g + gᵀ) @ x, where
+    autograd's takes two)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x @ x.transpose(-1, -2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, upstream: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return (upstream + upstream.transpose(-1, -2)) @ x
+
+
 class _BlockProducts(torch.autograd.Function):
     """(T, C, 2C) from blocks y (T, C, H): each block's products with itself and with the next block (zero
     for the last). The sequences' blocks lie end to end, so each product is one batched matmul of contiguous
@@ -262,8 +278,8 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None, wide: torch.d
         pairs = _shear(rows, first * (rows.shape[-1] - 1) + second + width, n)
         dots, norms_i, anchor = (t[..., window : window + k] for t in (band, shifted, squared))
     else:
-        exact = a.to(wide)
-        dots = exact @ exact.transpose(-1, -2)
+        exact = torch.empty(a.shape, dtype=wide, device=a.device).copy_(a)  # one copy, laid out for the matmul
+        dots = _Gram.apply(exact)
         sq_norm = dots.diagonal(dim1=-2, dim2=-1)
         norms_i = sq_norm[..., None, :].expand_as(dots)
         anchor = sq_norm[..., :, None] + norms_i - 2 * dots

@@ -135,7 +135,8 @@ def test_no_gradient_is_taken_without_autograd(monkeypatch) -> None:
     assert calls and s.grad.abs().sum() > 0
 
 
-def test_block_products_backward_is_the_numerical_gradient() -> None:
+def test_block_products_and_gram_backward_are_the_numerical_gradient() -> None:
     torch.manual_seed(7)
     y = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(losses._BlockProducts.apply, (y,))
+    assert torch.autograd.gradcheck(losses._Gram.apply, (y,))
