@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codekd import losses
+from codekd import losses, relations
 
 
 def direct_relations(a: torch.Tensor, window: int, exact_zero: bool = False):
     """The former implementation, as the study's code builds it. With ``exact_zero`` a zero difference
     vector (the anchor itself, a duplicate) gets a zero gradient: its value is the constant 0, so that is
     its exact gradient, which the plain form only reaches after adding and subtracting 1e12-sized terms."""
-    index, in_range = losses._neighbours(a.shape[-2], window, a.device)
+    index, in_range = relations._neighbours(a.shape[-2], window, a.device)
     keep = in_range[..., None].to(a.dtype)
     unit = F.normalize(a, dim=-1)
     distances = 1 - (unit[..., :, None, :] * unit[..., index, :] * keep).sum(-1)
@@ -50,7 +50,7 @@ def test_relations_equal_the_direct_ones(n: int, window: int) -> None:
     a = torch.randn(2, 3, n, 8, dtype=torch.float64)
     a[0, 1, 1] = a[0, 1, 2]  # a duplicate vector: its difference is exactly zero, its angles 0
     a[1, 2, 0] = 0  # a zero vector (a cached pad)
-    for got, want in zip(full(losses._relations(a, window)), direct_relations(a, window), strict=True):
+    for got, want in zip(full(relations._relations(a, window)), direct_relations(a, window), strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
@@ -62,13 +62,13 @@ def test_gradients_equal_the_direct_ones(n: int, window: int) -> None:
     x0[0, 1, 1] = x0[0, 1, 2]
     weights = [torch.randn_like(w) for w in direct_relations(x0, window)]
     want = _grad(lambda x: direct_relations(x, window, exact_zero=True), x0, weights)
-    torch.testing.assert_close(_grad(lambda x: full(losses._relations(x, window)), x0, weights), want,
+    torch.testing.assert_close(_grad(lambda x: full(relations._relations(x, window)), x0, weights), want,
                                rtol=0, atol=1e-9)
     # without duplicates the plain direct form differs only by the rounding of its ±1e12 self-pair terms
     # (at a duplicate its gradient is 1e12-sized: F.normalize's 1/eps, where this one is 0)
     x1 = torch.randn_like(x0)
     plain = _grad(lambda x: direct_relations(x, window), x1, weights)
-    assert (plain - _grad(lambda x: full(losses._relations(x, window)), x1, weights)).abs().max() < 1e-1
+    assert (plain - _grad(lambda x: full(relations._relations(x, window)), x1, weights)).abs().max() < 1e-1
 
 
 def test_fp32_gradient_is_the_exact_one() -> None:
@@ -78,7 +78,7 @@ def test_fp32_gradient_is_the_exact_one() -> None:
     x0 = torch.randn(2, 3, 40, 16, dtype=torch.float64)
     weights = [torch.randn_like(w) for w in direct_relations(x0, 10)]
     exact = _grad(lambda x: direct_relations(x, 10, exact_zero=True), x0, weights)
-    fast32 = _grad(lambda x: full(losses._relations(x, 10)), x0, weights, torch.float32)
+    fast32 = _grad(lambda x: full(relations._relations(x, 10)), x0, weights, torch.float32)
     assert (fast32 - exact).abs().max() < 1e-4 * exact.abs().max()
     direct32 = _grad(lambda x: direct_relations(x, 10), x0, weights, torch.float32)
     assert (direct32 - exact).abs().max() > 1e-2 * exact.abs().max()
@@ -89,8 +89,8 @@ def test_ckd_loss_in_fp32_matches_the_direct_formula_in_float64() -> None:
     s, t = torch.randn(4, 3, 40, 16), torch.randn(4, 3, 40, 24)
     (ds, as_), (dt, at) = direct_relations(s.double(), 10), direct_relations(t.double(), 10)
     want = F.mse_loss(ds, dt) + F.mse_loss(as_, at)
-    counts = losses._relation_counts(s.shape[:-1], 10, None)
-    assert losses._relation_loss(s, t, 10, None, counts).item() == pytest.approx(want.item(), rel=1e-5)
+    counts = relations._relation_counts(s.shape[:-1], 10, None)
+    assert relations._relation_loss(s, t, 10, None, counts).item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_teacher_relations_keep_no_graph() -> None:
@@ -111,7 +111,7 @@ def test_chunks_give_the_whole_batch_value_and_gradient(monkeypatch, masked: boo
     mask = (torch.arange(30) < torch.tensor([30, 22, 9, 30, 1])[:, None]).long() if masked else None
     results = []
     for elements in (1, 10**9):  # one example per chunk; the whole batch in one
-        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(relations, "CHUNK_ELEMENTS", elements)
         s = s0.clone().requires_grad_(True)
         loss = losses.ckd_relations(s, t, 4, 3.0, mask)
         (2.5 * loss).backward()
@@ -138,5 +138,5 @@ def test_no_gradient_is_taken_without_autograd(monkeypatch) -> None:
 def test_block_products_and_gram_backward_are_the_numerical_gradient() -> None:
     torch.manual_seed(7)
     y = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(losses._BlockProducts.apply, (y,))
-    assert torch.autograd.gradcheck(losses._Gram.apply, (y,))
+    assert torch.autograd.gradcheck(relations._BlockProducts.apply, (y,))
+    assert torch.autograd.gradcheck(relations._Gram.apply, (y,))
