@@ -197,11 +197,10 @@ def _relation_loss(student: Tensor, teacher: Tensor, window: int, pair: Tensor |
     d_s, diag_s, up_s = _relations(student, window, pair)
     with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
         d_t, diag_t, up_t = _relations(teacher, window, pair, teacher.dtype)
-    squared = (d_s - d_t) ** 2
     if pair is not None:
-        squared = torch.where(pair, squared, 0)
-    angle_sum = ((diag_s - diag_t) ** 2).sum() + 2 * ((up_s - up_t) ** 2).sum()
-    return squared.sum() / counts[0] + angle_sum / counts[1]
+        d_s, d_t = torch.where(pair, d_s, 0), torch.where(pair, d_t, 0)
+    angles = F.mse_loss(diag_s, diag_t, reduction="sum") + 2 * F.mse_loss(up_s, up_t, reduction="sum")
+    return F.mse_loss(d_s, d_t, reduction="sum") / counts[0] + angles / counts[1]
 
 
 class _Chunked(torch.autograd.Function):
