@@ -27,3 +27,5 @@ phase gru-rest configs/evidence.yaml $S/study $G $S3 --only method=dkd,tinybert,
 phase roberta-rest configs/evidence.yaml $S/study $R $S3 --only method=dkd_lr5e-4,tinybert_lr5e-4,kd_hinton_transfer_lr5e-4
 # last: roberta-1.5m's claim-(a) seeds 4-5 (every method's 3 seeds first; decided before they ran)
 phase claim-a-seeds-r configs/evidence.yaml $S/study --only seed=4,5 --only method=ft_lr5e-4,kd_hinton_lr5e-4 $R
+# then the feature methods at the sweep's picks (a label term), roberta-1.5m, beside the defaults
+phase roberta-label configs/evidence.yaml $S/study $R $S3 --only method=pkd_b1_lr5e-4,ckd_b1_lr5e-4
