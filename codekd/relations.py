@@ -44,9 +44,14 @@ def _shear(x: Tensor, offsets: Tensor, rows: int) -> Tensor:
     return _take(x.flatten(-2), (starts + offsets).flatten()).unflatten(-1, (rows, offsets.numel()))
 
 
+def _gram_grad(upstream: Tensor, x: Tensor) -> Tensor:
+    """The gradient of x @ xᵀ with respect to x, given the upstream one: (g + gᵀ) @ x, one matmul where
+    autograd's takes two."""
+    return (upstream + upstream.transpose(-1, -2)) @ x
+
+
 class _Gram(torch.autograd.Function):
-    """x @ xᵀ for a batch of small matrices x (…, N, H), with a one-matmul backward ((g + gᵀ) @ x, where
-    autograd's takes two)."""
+    """x @ xᵀ for a batch of small matrices x (…, N, H), with the backward of :func:`_gram_grad`."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
@@ -57,7 +62,7 @@ class _Gram(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, upstream: Tensor) -> Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return (upstream + upstream.transpose(-1, -2)) @ x
+        return _gram_grad(upstream, x)
 
 
 class _BlockProducts(torch.autograd.Function):
@@ -79,7 +84,7 @@ class _BlockProducts(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         c = y.shape[-2]
         same, following = upstream[..., :c], upstream[:-1, :, c:]
-        grad = (same + same.transpose(-1, -2)) @ y
+        grad = _gram_grad(same, y)
         grad[:-1].baddbmm_(following, y[1:])
         grad[1:].baddbmm_(following.transpose(-1, -2), y[:-1])
         return grad
@@ -162,7 +167,6 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None, wide: torch.d
     q_i, q_j, h_i, h_j = (_take(x, i) for x in (squared_length, half_inverse) for i in (first, second))
     upper = h_i * h_j * (q_i + q_j - pairs)
     return distances.to(a.dtype), (~zero).to(a.dtype), upper
-
 
 
 def _relation_pairs(shape: torch.Size, window: int, valid: Tensor | None, device: torch.device) -> Tensor | None:
