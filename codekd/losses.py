@@ -158,10 +158,11 @@ def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
 @fp32
 def ckd_relations(
     student_hidden: Tensor,
-    teacher_hidden: Tensor,
+    teacher_hidden: Tensor | None,
     window: int,
     gamma: float,
     mask: Tensor | None = None,
+    cached: Tensor | None = None,
 ) -> Tensor:
     """CKD relation loss WR + γ·LTR, as the study's ``ckd/loss.py`` computes it.
 
@@ -189,8 +190,12 @@ def ckd_relations(
     whole layer-relation block is dropped, while its out-of-range layer slots are dropped as in WR.
     Hence an all-ones mask equals ``mask=None`` only when no window slot falls out of range (N ≤ W and
     L ≤ W); otherwise it differs by the excluded out-of-range slots.
+
+    With a mask, ``cached`` may replace ``teacher_hidden``: the teacher's relations computed once over its
+    own real tokens (:func:`codekd.relations.teacher_relations`, what a teacher cache stores for CKD), then
+    masked with the batch's positions here; the loss is the one from the teacher's states.
     """
-    return relations.relation_loss(student_hidden, teacher_hidden, window, gamma, mask)
+    return relations.relation_loss(student_hidden, teacher_hidden, window, gamma, mask, cached)
 
 
 @fp32

@@ -123,7 +123,7 @@ def _relations(a: Tensor, window: int, keep: Tensor | None = None, wide: torch.d
     vector zeroed, so it gives distance 1 and angle 0; so does a slot where the broadcast boolean ``keep``
     (…, N, K) is False (the loss then leaves its terms out).
 
-    Computed from products in dtype ``wide`` (float64; see :func:`_relation_loss` for the teacher's), not
+    Computed from products in dtype ``wide`` (float64; see :func:`_target` for the teacher's), not
     from (…, N, K, H) difference vectors: with x = a_n − a_i and y = a_n − a_j,
     ⟨x, y⟩ = (‖x‖² + ‖y‖² − ‖a_i − a_j‖²) / 2, and two neighbours of one anchor are at most 2W apart, so one
     band of products ⟨a_m, a_m+e⟩, e = −2W..2W (:func:`_band`), gives every distance and angle. With
@@ -188,23 +188,67 @@ def _relation_counts(shape: torch.Size, window: int, pair: Tensor | None) -> tup
     return kept.sum().clamp_min(1), (kept**2).sum().clamp_min(1)
 
 
-def _relation_loss(student: Tensor, teacher: Tensor, window: int, pair: Tensor | None,
-                   counts: tuple[Tensor | int, Tensor | int]) -> Tensor:
-    """dist_loss + angle_loss between student and teacher relations over the second-last axis: each the sum of
-    its squared differences over the kept slots ``pair`` (:func:`_relation_pairs`) divided by its count in
-    ``counts`` (:func:`_relation_counts`; the whole batch's, when this is one chunk of it). The angle loss
-    sums each symmetric K×K block as its diagonal plus twice its upper triangle.
+Relations = tuple[Tensor, Tensor, Tensor]  # distances, angle diagonals, angle upper triangles (`_relations`)
 
-    The student's products are float64, for an exact gradient. The teacher's, a target without gradient, are
-    in its own dtype (fp32 unless it is float64): a cached teacher's states are fp16, whose rounding of a
-    difference vector exceeds fp32's cancellation in ‖a‖² + ‖b‖² − 2⟨a, b⟩ unless ‖a − b‖ < 1e-4·‖a‖."""
+
+def _relation_loss(student: Tensor, target: Relations, window: int, pair: Tensor | None,
+                   counts: tuple[Tensor | int, Tensor | int]) -> Tensor:
+    """dist_loss + angle_loss between the student's relations over the second-last axis and the teacher's
+    ``target`` (:func:`_target`, :func:`_cached_target`): each the sum of its squared differences over the kept
+    slots ``pair`` (:func:`_relation_pairs`) divided by its count in ``counts`` (:func:`_relation_counts`; the
+    whole batch's, when this is one chunk of it). The angle loss sums each symmetric K×K block as its diagonal
+    plus twice its upper triangle. The student's products are float64, for an exact gradient."""
     d_s, diag_s, up_s = _relations(student, window, pair)
-    with torch.no_grad():  # the teacher's relations are targets: no graph is kept for them
-        d_t, diag_t, up_t = _relations(teacher, window, pair, teacher.dtype)
+    d_t, diag_t, up_t = target
     if pair is not None:
-        d_s, d_t = torch.where(pair, d_s, 0), torch.where(pair, d_t, 0)
+        d_s = torch.where(pair, d_s, 0)
     angles = F.mse_loss(diag_s, diag_t, reduction="sum") + 2 * F.mse_loss(up_s, up_t, reduction="sum")
     return F.mse_loss(d_s, d_t, reduction="sum") / counts[0] + angles / counts[1]
+
+
+@torch.no_grad()  # the teacher's relations are targets: no graph is kept for them
+def _target(teacher: Tensor, window: int, pair: Tensor | None, dtype: torch.dtype | None = None) -> Relations:
+    """The teacher's relations over the second-last axis, zero outside the kept slots ``pair``. In its own dtype
+    (fp32 unless it is float64), or ``dtype``: a cached teacher's states are fp16, whose rounding of a difference
+    vector exceeds fp32's cancellation in ‖a‖² + ‖b‖² − 2⟨a, b⟩ unless ‖a − b‖ < 1e-4·‖a‖."""
+    d, diag, up = _relations(teacher, window, pair, dtype or teacher.dtype)
+    return (d, diag, up) if pair is None else (torch.where(pair, d, 0), diag, up)
+
+
+def _masked(target: Relations, pair: Tensor) -> Relations:
+    """Relations computed over a teacher's own real tokens (:func:`teacher_relations`), zeroed outside the
+    batch's kept slots ``pair``: what :func:`_target` gives on that batch."""
+    d, diag, up = target
+    k = d.shape[-1]
+    first, second = torch.triu_indices(k, k, 1, device=pair.device)
+    both = _take(pair, first) & _take(pair, second)
+    return torch.where(pair, d, 0), torch.where(pair, diag, 0), torch.where(both, up, 0)
+
+
+def _split(rows: Tensor, layers: int, k: int) -> Relations:
+    """(…, layers·(2K + K(K−1)/2)) rows of :func:`teacher_relations` as (…, layers, K) distances and diagonals
+    and (…, layers, K(K−1)/2) upper triangles."""
+    return rows.unflatten(-1, (layers, -1)).split([k, k, k * (k - 1) // 2], -1)
+
+
+def teacher_relations(hidden: Tensor, window: int, mask: Tensor) -> Tensor:
+    """A teacher's side of :func:`relation_loss`, computed once for a teacher cache: per token (B, N, F), its
+    word relations at each of the L layers of ``hidden`` (B, L, N, H) and its layer relations, over the real
+    tokens of ``mask`` (B, N), in the windowed layout (2W+1 slots) even for short sequences (padded here with
+    masked positions, which no kept term touches). :func:`relation_loss` masks them with a batch's common
+    positions, which gives the relations :func:`_target` computes from the states of that batch. F is
+    L·(2K + K(K−1)/2) for the words (K = 2W + 1) plus the same with K = L (or 2W + 1 when L > W) for the layers."""
+    hidden, valid = hidden.float(), mask.bool()
+    n = hidden.shape[2]
+    if n <= window:
+        hidden, valid = F.pad(hidden, (0, 0, 0, window + 1 - n)), F.pad(valid, (0, window + 1 - n))
+    b, layers, width = hidden.shape[:3]
+    word = _relation_pairs(hidden.shape[:3], window, valid[:, None, :], hidden.device)
+    layer = _relation_pairs(torch.Size((b, width, layers)), window, valid[:, :, None].expand(b, width, layers),
+                            hidden.device)
+    wr = torch.cat(_target(hidden, window, word, torch.float32), -1).transpose(1, 2).flatten(2)
+    ltr = torch.cat(_target(hidden.transpose(1, 2), window, layer, torch.float32), -1).flatten(2)
+    return torch.cat([wr, ltr], -1)[:, :n]
 
 
 class _Chunked(torch.autograd.Function):
@@ -238,9 +282,18 @@ class _Chunked(torch.autograd.Function):
 CHUNK_ELEMENTS = 2**21  # per chunk of CKD's batch, about: L·N·K² summed over its examples (best of 2^19..2^22 here)
 
 
-def relation_loss(student_hidden: Tensor, teacher_hidden: Tensor, window: int, gamma: float,
-                  mask: Tensor | None) -> Tensor:
-    """WR + γ·LTR of :func:`codekd.losses.ckd_relations` (which casts to fp32 and documents it)."""
+def relation_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, window: int, gamma: float,
+                  mask: Tensor | None, cached: Tensor | None = None) -> Tensor:
+    """WR + γ·LTR of :func:`codekd.losses.ckd_relations` (which casts to fp32 and documents it), against the
+    teacher's states or, with a ``mask``, its ``cached`` relations (:func:`teacher_relations`, (B, ≥N, F))."""
+    if cached is not None:
+        if mask is None:
+            raise ValueError("cached teacher relations need the mask of real tokens (they leave pads out)")
+        cached = cached[:, : student_hidden.shape[2]]
+        if student_hidden.shape[2] <= window:  # the windowed layout of the cached relations: pad with masked positions
+            extra = window + 1 - student_hidden.shape[2]
+            student_hidden, mask = F.pad(student_hidden, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+            cached = F.pad(cached, (0, 0, 0, extra))
     b, layers, n = student_hidden.shape[:3]
     valid = None if mask is None else mask.bool()
     word = _relation_pairs(student_hidden.shape[:3], window, None if valid is None else valid[:, None, :],
@@ -250,15 +303,26 @@ def relation_loss(student_hidden: Tensor, teacher_hidden: Tensor, window: int, g
                             student_hidden.device)
     word_counts = _relation_counts(student_hidden.shape[:3], window, word)
     layer_counts = _relation_counts(layer_shape, window, layer)
+    k_word, k_layer = _slots(n, window), _slots(layers, window)
+    word_width = layers * (2 * k_word + k_word * (k_word - 1) // 2)  # the cached rows' word relations
+
+    def targets(rows: slice) -> tuple[Relations, Relations]:
+        if cached is None:
+            teacher = teacher_hidden[rows]
+            return (_target(teacher, window, None if word is None else word[rows]),
+                    _target(teacher.transpose(1, 2), window, None if layer is None else layer[rows]))
+        part = cached[rows].float()
+        wr_rows, ltr_rows = part[..., :word_width], part[..., word_width:]
+        wr = tuple(t.transpose(1, 2) for t in _split(wr_rows, layers, k_word))
+        return _masked(wr, word[rows]), _masked(_split(ltr_rows, layers, k_layer), layer[rows])
 
     def loss_of(student: Tensor, rows: slice) -> Tensor:
-        teacher = teacher_hidden[rows]
-        wr = _relation_loss(student, teacher, window, None if word is None else word[rows], word_counts)
-        ltr = _relation_loss(student.transpose(1, 2), teacher.transpose(1, 2), window,
-                             None if layer is None else layer[rows], layer_counts)
+        wr_t, ltr_t = targets(rows)
+        wr = _relation_loss(student, wr_t, window, None if word is None else word[rows], word_counts)
+        ltr = _relation_loss(student.transpose(1, 2), ltr_t, window, None if layer is None else layer[rows],
+                             layer_counts)
         return wr + gamma * ltr
 
-    k = _slots(n, window)
     # chunks keep a CPU's caches warm; an accelerator runs the whole batch at once (fewer, larger kernels)
-    chunk = max(1, round(CHUNK_ELEMENTS / (layers * n * k * k))) if student_hidden.device.type == "cpu" else b
+    chunk = max(1, round(CHUNK_ELEMENTS / (layers * n * k_word * k_word))) if student_hidden.device.type == "cpu" else b
     return _Chunked.apply(student_hidden, loss_of, chunk, torch.is_grad_enabled())

@@ -90,7 +90,8 @@ def test_ckd_loss_in_fp32_matches_the_direct_formula_in_float64() -> None:
     (ds, as_), (dt, at) = direct_relations(s.double(), 10), direct_relations(t.double(), 10)
     want = F.mse_loss(ds, dt) + F.mse_loss(as_, at)
     counts = relations._relation_counts(s.shape[:-1], 10, None)
-    assert relations._relation_loss(s, t, 10, None, counts).item() == pytest.approx(want.item(), rel=1e-5)
+    target = relations._target(t, 10, None)
+    assert relations._relation_loss(s, target, 10, None, counts).item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_teacher_relations_keep_no_graph() -> None:
@@ -140,3 +141,40 @@ def test_block_products_and_gram_backward_are_the_numerical_gradient() -> None:
     y = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(relations._BlockProducts.apply, (y,))
     assert torch.autograd.gradcheck(relations._Gram.apply, (y,))
+
+
+@pytest.mark.parametrize("n_student", [30, 7])
+def test_cached_teacher_relations_give_the_loss_of_the_states(n_student: int) -> None:
+    """A teacher cache's relations, computed once over each example's own real tokens (and a teacher longer
+    than the student: positions are cut to the common ones), give the loss and gradient of the states; also
+    when the batch is shorter than the window (all pairs from the states, the windowed layout from the cache)."""
+    torch.manual_seed(9)
+    b, layers, window = 4, 3, 10
+    lengths_t = torch.tensor([34, 20, 7, 1])
+    t = torch.randn(b, layers, 34, 12, dtype=torch.float64)
+    t[:, :, 5] = t[:, :, 4]  # a duplicate vector: a zero difference on both paths
+    mask_t = (torch.arange(34) < lengths_t[:, None]).long()
+    mask_s = (torch.arange(n_student) < torch.tensor([n_student, 15, 7, 1])[:, None]).long()
+    n = n_student
+    mask = mask_s & mask_t[:, :n]
+    rows = torch.cat([relations.teacher_relations(t[i:i + 1, :, :int(m)], window, mask_t[i:i + 1, :int(m)])
+                      .squeeze(0) for i, m in enumerate(lengths_t)])  # one example at a time, as a cache stores them
+    cached = torch.zeros(b, 34, rows.shape[-1])
+    for i, start in enumerate(torch.cat([torch.zeros(1, dtype=torch.long), lengths_t.cumsum(0)[:-1]])):
+        cached[i, :lengths_t[i]] = rows[start:start + lengths_t[i]]
+    results = []
+    for teacher, extra in ((t[:, :, :n], None), (None, cached)):
+        s = torch.randn(b, layers, n, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        s.requires_grad_(True)
+        loss = losses.ckd_relations(s, teacher, window, 2.0, mask, cached=extra)
+        loss.backward()
+        results.append((loss.detach(), s.grad))
+    (live, g_live), (from_cache, g_cache) = results
+    assert live > 0
+    torch.testing.assert_close(from_cache, live, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g_cache, g_live, rtol=1e-5, atol=1e-9)
+
+
+def test_cached_teacher_relations_need_a_mask() -> None:
+    with pytest.raises(ValueError, match="mask"):
+        losses.ckd_relations(torch.randn(1, 2, 12, 4), None, 3, 1.0, cached=torch.zeros(1, 12, 5))
