@@ -16,6 +16,8 @@ examples of n_i tokens (T = Σ n_i), L layers, width H, A attention heads and C 
 - `hidden_states.npy` [T, L+1, H]: every real token's vector at every layer (0: embeddings).
 - `attentions.npy` [Σ n_i², L, A]: example i's (query, key) pairs in query-major order, then layer, head.
 - `values.npy` [T, A, H/A]: every real token's last-layer value vector, per head (MiniLM's value relation).
+- `targets.npy` [T, F]: every real token's targets for one method (`codekd.methods.TeacherTargets`, CKD's
+  relations), computed once from the teacher's outputs, which are then not stored unless the method reads them.
 - `owner`: host and process id of the build (tells a later build whether a leftover temporary is stale).
 - `manifest.json`, written last: what the cache holds and what it was built from.
 
@@ -41,7 +43,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +58,9 @@ from codekd.encoding import EncodedData, batch_order
 from codekd.io import atomic_dir, disk_errors, exclusive_lock, is_main_process, process_alive, read_json, write_json
 from codekd.models.adapters import NEEDS, Outputs, run_frozen
 from codekd.models.teacher import source_files
+
+if TYPE_CHECKING:
+    from codekd.methods import TeacherTargets
 
 FORMAT = 1  # bump when the layout changes: it is part of every key
 MANIFEST = "manifest.json"
@@ -108,25 +113,34 @@ def stored_needs(needs: Sequence[str]) -> tuple[str, ...]:
 
 
 def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
-               dtype: str, precision: str = "fp32") -> dict[str, Any]:
+               dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None) -> dict[str, Any]:
     """Everything a cache's content depends on, as names and fingerprints (recorded in its manifest).
 
     `precision` is the teacher's autocast precision (`TrainConfig.precision`): bf16 outputs differ from
-    fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored.
+    fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored. With a method's
+    `targets`, the teacher's outputs stored are the ones it names, and the targets' name and parameters count.
     """
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype {shown(dtype)}: expected one of {', '.join(DTYPES)}")
-    needs = stored_needs(needs)
-    return {"format": FORMAT, "teacher": teacher_fingerprint(teacher_dir), "task": task, "split": split,
-            "data": data_fingerprint(items), "needs": list(needs), "dtype": dtype if len(needs) > 1 else "fp32",
-            "precision": precision}
+    stored = stored_needs(targets.stored if targets else needs)
+    inputs = {"format": FORMAT, "teacher": teacher_fingerprint(teacher_dir), "task": task, "split": split,
+              "data": data_fingerprint(items), "needs": list(stored),
+              "dtype": dtype if len(stored) > 1 or targets else "fp32", "precision": precision}
+    if targets:
+        inputs["targets"] = target_key(targets)
+    return inputs
+
+
+def target_key(targets: TeacherTargets) -> dict[str, Any]:
+    """What a cache records of a method's targets: their name and parameters."""
+    return {"name": targets.name, **targets.params}
 
 
 def cache_key(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
-              dtype: str, precision: str = "fp32") -> str:
-    """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields or their
-    precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
-    return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision))
+              dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None) -> str:
+    """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields, the method's
+    targets or their precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
+    return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision, targets))
 
 
 def key_of(inputs: dict[str, Any]) -> str:
@@ -159,7 +173,8 @@ class TeacherCache:
         self.needs: tuple[str, ...] = tuple(manifest["needs"])
         self.lengths = np.load(path / "lengths.npy")
         self.offsets, self.pair_offsets = _offsets(self.lengths)
-        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in self.needs}
+        names = [*self.needs, *(["targets"] if manifest.get("targets") else [])]
+        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in names}
 
     @classmethod
     def open(cls, path: str | Path) -> TeacherCache | None:
@@ -207,6 +222,11 @@ class TeacherCache:
             for b, i in enumerate(idx):
                 values[b, :lengths[b]] = self._rows("values", self.offsets, i).float()
             out.values = values.transpose(1, 2).to(device)
+        if "targets" in self.arrays:
+            targets = torch.zeros(size, width, self.arrays["targets"].shape[1])
+            for b, i in enumerate(idx):
+                targets[b, :lengths[b]] = self._rows("targets", self.offsets, i).float()
+            out.targets = targets.to(device)
         return out
 
 
@@ -226,9 +246,10 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: torch.dtype) -> dict[str, list]:
-    """One batch's outputs as the cache stores them, per example and without padding, on the CPU: the logits
-    in fp32, the rest in `dtype`. Only these rows travel between processes."""
+def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: torch.dtype,
+          targets: TeacherTargets | None = None) -> dict[str, list]:
+    """One batch's outputs (and a method's `targets` from them) as the cache stores them, per example and without
+    padding, on the CPU: the logits in fp32, the rest in `dtype`. Only these rows travel between processes."""
     def stacked(states: tuple[Tensor, ...], dim: int) -> np.ndarray:
         return torch.stack([s.to(dtype) for s in states], dim).cpu().numpy()
 
@@ -244,6 +265,9 @@ def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: to
     if "values" in stored:
         values = out.values.transpose(1, 2).to(dtype).cpu().numpy()  # (B, N, A, H/A)
         rows["values"] = [values[b, :n] for b, n in enumerate(lengths)]
+    if targets:
+        per_token = targets.compute(out).to(dtype).cpu().numpy()  # (B, N, F)
+        rows["targets"] = [per_token[b, :n] for b, n in enumerate(lengths)]
     return rows
 
 
@@ -252,7 +276,7 @@ def _store(arrays: dict[str, np.ndarray], rows: dict[str, list], indices: Sequen
     """Write one batch's rows (`_rows`) into the cache's arrays at its examples' places."""
     for name, values in rows.items():
         for i, value in zip(indices, values, strict=True):
-            if name in ("hidden_states", "values"):
+            if name in ("hidden_states", "values", "targets"):
                 arrays[name][offsets[i]:offsets[i + 1]] = value
             elif name == "attentions":
                 arrays[name][pair_offsets[i]:pair_offsets[i + 1]] = value
@@ -262,8 +286,10 @@ def _store(arrays: dict[str, np.ndarray], rows: dict[str, list], indices: Sequen
 
 def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: str | Path,
                 dtype: str = "fp16", budget_bytes: int = 2 * 2**30, batch_size: int = 64,
-                precision: str = "fp32", inputs: dict[str, Any] | None = None) -> TeacherCache | None:
-    """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`.
+                precision: str = "fp32", inputs: dict[str, Any] | None = None,
+                targets: TeacherTargets | None = None) -> TeacherCache | None:
+    """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`; with a
+    method's `targets`, those computed from what `needs` names, and of the outputs only what `targets.stored` does.
 
     Returns the cache, or None (having written nothing) when it would exceed `budget_bytes` or the disk's free
     space (less `FREE_MARGIN`); the caller then runs the teacher live. One build per key runs at a time (a lock
@@ -285,7 +311,8 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
     with exclusive_lock(lock, f"teacher cache {path}", wait=True) if state.is_main_process else nullcontext():
         try:
             state.wait_for_everyone()
-            return _build(teacher, data, view, needs, path, dtype, budget_bytes, batch_size, precision, inputs)
+            return _build(teacher, data, view, needs, path, dtype, budget_bytes, batch_size, precision, inputs,
+                          targets)
         finally:  # a waiter that opened it already keeps its lock, and then finds the cache built
             if state.is_main_process:
                 lock.unlink(missing_ok=True)
@@ -301,9 +328,11 @@ def _allocate(arrays: dict[str, np.ndarray]) -> None:
 
 
 def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: Path, dtype: str,
-           budget_bytes: int, batch_size: int, precision: str, inputs: dict[str, Any] | None) -> TeacherCache | None:
+           budget_bytes: int, batch_size: int, precision: str, inputs: dict[str, Any] | None,
+           targets: TeacherTargets | None) -> TeacherCache | None:
     """`build_cache`, under the key's lock."""
-    stored = stored_needs(needs)
+    computed = stored_needs(needs)
+    stored = stored_needs(targets.stored) if targets else computed
     existing = TeacherCache.open(path)
     if existing is not None and existing.covers(stored):
         return existing
@@ -321,8 +350,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
 
     def rows(indices: list[int]) -> dict[str, list]:
         with autocast(precision, state.device):
-            out = run_frozen(teacher, to_device(only_view.collate(indices)[view], state.device), stored)
-        return _rows(out, stored, lengths[indices].tolist(), torch_dtype)
+            out = run_frozen(teacher, to_device(only_view.collate(indices)[view], state.device), computed)
+        return _rows(out, stored, lengths[indices].tolist(), torch_dtype, targets)
 
     started = time.perf_counter()
     first = rows(mine[0]) if mine else None
@@ -339,6 +368,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
             shapes["attentions"] = (int(pair_offsets[-1]), *first["attentions"][0].shape[1:])
         if "values" in stored:
             shapes["values"] = (int(offsets[-1]), *first["values"][0].shape[1:])
+        if targets:
+            shapes["targets"] = (int(offsets[-1]), *first["targets"][0].shape[1:])
     free = shutil.disk_usage(path.parent).free if main else 0
     shapes, free = broadcast_object_list([(shapes, free)])[0]
     dtypes = {name: np.float32 if name == "logits" else np_dtype for name in shapes}
@@ -375,7 +406,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
                 array.flush()
             write_json(tmp / MANIFEST, {
                 "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
-                "needs": list(stored), "dtype": dtype, "precision": precision, "examples": n,
+                "needs": list(stored), "targets": target_key(targets) if targets else None,
+                "dtype": dtype, "precision": precision, "examples": n,
                 "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
                 "build_seconds": round(time.perf_counter() - started, 3)})
     state.wait_for_everyone()  # the main process has renamed the complete directory into place

@@ -58,7 +58,7 @@ from codekd.io import (
     read_json,
     write_json,
 )
-from codekd.methods import get_method
+from codekd.methods import TeacherTargets, get_method
 from codekd.models import PRESETS, StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_classifier, load_pretrained_encoder, max_input_length
@@ -190,15 +190,16 @@ class CacheOptions:
 
 
 def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
-                  options: CacheOptions, precision: str) -> TeacherCache | None:
-    """Open or build the cache of `teacher`'s outputs on `data`; None when it would exceed the budget."""
+                  options: CacheOptions, precision: str, targets: TeacherTargets | None = None) -> TeacherCache | None:
+    """Open or build the cache of `teacher`'s outputs on `data` (or of a method's `targets` from them); None when
+    it would exceed the budget."""
     items = data.views[view][0]
-    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision)
+    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision, targets)
     path = cache_dir(options.root or default_cache_root(), key_of(inputs))
     cache = TeacherCache.open(path)
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
-                            precision=precision, inputs=inputs)
+                            precision=precision, inputs=inputs, targets=targets)
     console.print(f"teacher outputs: {f'cached at {path}' if cache else 'not cached (budget or disk space): run live'}")
     return cache
 
@@ -280,8 +281,10 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         console.print("teacher dropout on (--teacher-dropout / --study-compat): its outputs are random, so the "
                       "teacher runs live and nothing is cached")
     elif cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
+        targets = method.teacher_targets() if align == "position" else None  # offsets re-order the teacher's tokens
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
-                                teacher_precision(cfg.teacher_precision, state.device)) for i, t in enumerate(teachers)]
+                                teacher_precision(cfg.teacher_precision, state.device), targets)
+                  for i, t in enumerate(teachers)]
     diagnostics = _diagnostics(method_name, method, task, cfg, state.num_processes, teachers, caches, train)
     result = fit(model, method, train, valid, task, cfg, work,
                  save_best=lambda m: _save_model(m, tokenizer, spec, work / "best"),

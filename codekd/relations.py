@@ -237,18 +237,24 @@ def teacher_relations(hidden: Tensor, window: int, mask: Tensor) -> Tensor:
     tokens of ``mask`` (B, N), in the windowed layout (2W+1 slots) even for short sequences (padded here with
     masked positions, which no kept term touches). :func:`relation_loss` masks them with a batch's common
     positions, which gives the relations :func:`_target` computes from the states of that batch. F is
-    L·(2K + K(K−1)/2) for the words (K = 2W + 1) plus the same with K = L (or 2W + 1 when L > W) for the layers."""
+    L·(2K + K(K−1)/2) for the words (K = 2W + 1) plus the same with K = L (or 2W + 1 when L > W) for the layers.
+    Taken in chunks of the batch of about ``CHUNK_ELEMENTS`` K-space values, to bound the memory."""
     hidden, valid = hidden.float(), mask.bool()
-    n = hidden.shape[2]
+    b, layers, n = hidden.shape[:3]
     if n <= window:
         hidden, valid = F.pad(hidden, (0, 0, 0, window + 1 - n)), F.pad(valid, (0, window + 1 - n))
-    b, layers, width = hidden.shape[:3]
-    word = _relation_pairs(hidden.shape[:3], window, valid[:, None, :], hidden.device)
-    layer = _relation_pairs(torch.Size((b, width, layers)), window, valid[:, :, None].expand(b, width, layers),
-                            hidden.device)
-    wr = torch.cat(_target(hidden, window, word, torch.float32), -1).transpose(1, 2).flatten(2)
-    ltr = torch.cat(_target(hidden.transpose(1, 2), window, layer, torch.float32), -1).flatten(2)
-    return torch.cat([wr, ltr], -1)[:, :n]
+    width, k = hidden.shape[2], 2 * window + 1
+    chunk = max(1, CHUNK_ELEMENTS // (layers * width * k * k))
+    rows = []
+    for start in range(0, b, chunk):
+        part, real = hidden[start:start + chunk], valid[start:start + chunk]
+        shape = torch.Size((part.shape[0], width, layers))
+        word = _relation_pairs(part.shape[:3], window, real[:, None, :], hidden.device)
+        layer = _relation_pairs(shape, window, real[:, :, None].expand(shape), hidden.device)
+        wr = torch.cat(_target(part, window, word, torch.float32), -1).transpose(1, 2).flatten(2)
+        ltr = torch.cat(_target(part.transpose(1, 2), window, layer, torch.float32), -1).flatten(2)
+        rows.append(torch.cat([wr, ltr], -1)[:, :n])
+    return torch.cat(rows)
 
 
 class _Chunked(torch.autograd.Function):

@@ -134,3 +134,35 @@ def test_cached_outputs_equal_the_live_teacher(teacher_data, tmp_path, dtype):
             torch.testing.assert_close(g, t * pairs, **tol)
         assert got.values.shape == live.values.shape and got.values.dtype == torch.float32
         torch.testing.assert_close(got.values, live.values * mask[:, None, :, None], **tol)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_ckd_relations_cached_once_give_the_live_teachers_loss(teacher_data, tiny_teacher, tmp_path, dtype):
+    """CKD's cache holds the teacher's relations (and logits), not its states, and its loss from them equals the
+    loss from a live teacher's states on shuffled batches of another size than the build's."""
+    from codekd.methods import get_method
+    from codekd.models.adapters import ModelShape, Outputs, shape_of
+
+    model, data = teacher_data
+    method = get_method("ckd")(ModelShape("transformer", 2, 8, 8), shape_of(model), window=3)
+    targets = method.teacher_targets()
+    cache = build_cache(model, data, "teacher0", method.teacher_needs, tmp_path / "c", dtype=dtype, batch_size=16,
+                        targets=targets)
+    assert cache.needs == ("logits",) and cache.manifest["targets"]["name"] == "ckd_relations"
+    assert sorted(p.name for p in cache.path.glob("*.npy")) == ["lengths.npy", "logits.npy", "targets.npy"]
+    generator = torch.Generator().manual_seed(0)
+    for batch in loader(data, 12, seed=3, shuffle=True, bucket=False, view="teacher0"):
+        live = run_frozen(model, batch["teacher0"], method.teacher_needs)
+        got = cache.outputs(batch["index"], "cpu")
+        mask = batch["teacher0"]["attention_mask"]
+        n = mask.shape[1] - 1  # a student one token shorter: positions are cut to the common ones
+        states = tuple(torch.randn(mask.shape[0], n, 8, generator=generator) for _ in range(3))
+        student = Outputs(torch.randn(live.logits.shape, generator=generator), mask[:, :n], states)
+        labels = torch.zeros(mask.shape[0], dtype=torch.long)
+        want = method(student, live, labels)["relations"]
+        torch.testing.assert_close(method(student, got, labels)["relations"], want,
+                                   rtol=1e-5 if dtype == "fp32" else 2e-3, atol=0)
+    other = get_method("ckd")(ModelShape("transformer", 2, 8, 8), shape_of(model), window=4).teacher_targets()
+    keys = {cache_key(tiny_teacher, "exception", "train", data.views["teacher0"][0], method.teacher_needs, dtype,
+                      "fp32", t) for t in (None, targets, other)}
+    assert len(keys) == 3  # the states, these relations, another window's

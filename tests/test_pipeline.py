@@ -249,7 +249,8 @@ def test_demo_fast_with_the_real_pretrained_teacher(tmp_path):
     assert again["students"] == first["students"] and again["wall_seconds_this_invocation"] < 30
 
 
-@pytest.mark.parametrize("method,dtype,tol", [("kd", "fp16", 1e-6), ("pkd", "fp32", 1e-5), ("pkd", "fp16", 1e-3)])
+@pytest.mark.parametrize("method,dtype,tol", [("kd", "fp16", 1e-6), ("pkd", "fp32", 1e-5), ("pkd", "fp16", 1e-3),
+                                              ("ckd", "fp16", 1e-3)])
 def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vocab, tiny_teacher, tmp_path,
                                                       method, dtype, tol):
     from codekd.pipeline import CacheOptions
@@ -260,7 +261,8 @@ def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vo
                    cache=CacheOptions(enabled=False))
     options = CacheOptions(root=tmp_path / "cache", dtype=dtype)
     cached = distill(*args, tmp_path / "cached", cfg, teacher=tiny_teacher, max_length=64, cache=options)
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    (built,) = (tmp_path / "cache").iterdir()
+    assert (built / "targets.npy").is_file() == (method == "ckd")  # CKD's relations, computed once
     again = distill(*args, tmp_path / "again", cfg, teacher=tiny_teacher, max_length=64, cache=options)
     assert len(list((tmp_path / "cache").iterdir())) == 1  # reused, not rebuilt
     for run in (cached, again):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import yaml
@@ -22,6 +24,21 @@ from codekd.data.text import shown
 from codekd.models.adapters import ModelShape, Outputs
 
 REGISTRY: dict[str, type[Method]] = {}
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """Per-token targets a method derives from a frozen teacher's outputs, which a teacher cache computes once
+    and stores in place of the outputs they come from (CKD's relations: a frozen teacher's never change).
+
+    `compute` maps a batch's teacher `Outputs` to (B, N, F) float targets (zero at pads); `name` and `params`
+    (with a version of the computation) enter the cache's key; `stored` names what else of the teacher's
+    outputs the method reads from the cache. The method then finds them as `Outputs.targets`."""
+
+    name: str
+    params: dict[str, Any]
+    stored: tuple[str, ...]
+    compute: Callable[[Outputs], Tensor]
 
 
 class Method(nn.Module):
@@ -76,6 +93,10 @@ class Method(nn.Module):
     def teacher_cacheable(self) -> bool:
         """Whether cached teacher outputs (zeros at pad positions) give the same loss as a live teacher."""
         return True
+
+    def teacher_targets(self) -> TeacherTargets | None:
+        """What a teacher cache should compute once for this method, if anything (default: nothing)."""
+        return None
 
 
 def _coerce(method: str, key: str, default: Any, value: Any) -> Any:

@@ -11,14 +11,17 @@ Tokens are matched by position (the study's ``--align position``): when the toke
 lengths both sides are cut to the shorter one, and a position is real only if it is real on both sides.
 ``study_padding=False`` (default) drops every relation that touches a pad; ``True`` keeps pads and
 out-of-range window slots in the means, reproducing the study. Defaults are the study's (α = 1).
+
+With ``study_padding=False`` a teacher cache stores the teacher's relations (:meth:`teacher_targets`), computed
+once, instead of its states: the teacher's side then costs a read, not a computation, at every step.
 """
 
 from typing import Any
 
 from torch import Tensor
 
-from codekd import losses
-from codekd.methods import Method, register
+from codekd import losses, relations
+from codekd.methods import Method, TeacherTargets, register
 from codekd.methods.layermap import common_positions, matched_indices, stack_layers
 from codekd.models.adapters import ModelShape, Outputs
 
@@ -45,16 +48,31 @@ class ContextualKD(Method):
         """The study's padding mode reads the teacher's states at pad positions, which a cache does not keep."""
         return not self.hp["study_padding"]
 
+    def teacher_targets(self) -> TeacherTargets | None:
+        """The teacher's word and layer relations at the matched layers, over its real tokens
+        (:func:`codekd.relations.teacher_relations`); none in the study's padding mode, which is not cached."""
+        if self.hp["study_padding"]:
+            return None
+        params = {"format": 1, "window": self.hp["window"], "layers": list(self.teacher_idx)}
+        return TeacherTargets("ckd_relations", params, ("logits",), self._teacher_relations)
+
+    def _teacher_relations(self, teacher: Outputs) -> Tensor:
+        n = teacher.mask.shape[1]
+        return relations.teacher_relations(stack_layers(teacher.hidden_states, self.teacher_idx, n),
+                                           self.hp["window"], teacher.mask)
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         logit = losses.kd_loss(student.logits, teacher.logits, labels, self.hp["temperature"],
                                self.hp["alpha"], t_squared=True)
         n, mask = common_positions(student, teacher)
-        relations = losses.ckd_relations(
+        cached = teacher.targets
+        relation = losses.ckd_relations(
             stack_layers(student.hidden_states, self.student_idx, n),
-            stack_layers(teacher.hidden_states, self.teacher_idx, n),
+            None if cached is not None else stack_layers(teacher.hidden_states, self.teacher_idx, n),
             self.hp["window"],
             self.hp["gamma"],
             None if self.hp["study_padding"] else mask,
+            cached=cached,
         )
-        loss = logit + self.hp["beta"] * relations
-        return {"loss": loss, "logit": logit.detach(), "relations": relations.detach()}
+        loss = logit + self.hp["beta"] * relation
+        return {"loss": loss, "logit": logit.detach(), "relations": relation.detach()}

@@ -35,6 +35,7 @@ class Outputs:
     first_token: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     values: Tensor | None = None  # the last layer's value vectors, (B, heads, N, head size)
+    targets: Tensor | None = None  # a teacher cache's per-token targets for the method (B, N, F), e.g. CKD's relations
 
     def to(self, device: torch.device | str) -> Outputs:
         """The same outputs on `device` (a teacher placed on another device than the student's)."""
@@ -43,7 +44,8 @@ class Outputs:
 
         return Outputs(self.logits.to(device), self.mask.to(device), move(self.hidden_states),
                        move(self.first_token), move(self.attentions),
-                       None if self.values is None else self.values.to(device))
+                       None if self.values is None else self.values.to(device),
+                       None if self.targets is None else self.targets.to(device))
 
 
 @dataclass(frozen=True)
