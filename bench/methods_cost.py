@@ -25,12 +25,19 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from codekd.data import demo_data_dir, get_task
 from codekd.encoding import InputSpec
-from codekd.methods import all_methods
-from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab
+from codekd.methods import TeacherTargets, all_methods, get_method
+from codekd.models.adapters import shape_of
+from codekd.models.presets import build_student
+from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab, student_spec
 from codekd.train_config import TrainConfig
 
 HPARAMS = {"combo": {"parts": [{"method": "kd", "weight": 1.0}, {"method": "pkd", "weight": 0.5}]}}
@@ -59,6 +66,15 @@ def random_teacher(out: Path, vocab: Path, max_length: int) -> Path:
     return out
 
 
+def method_targets(method: str, vocab: Path, teacher: Path, hparams: dict | None = None) -> TeacherTargets | None:
+    """What `distill` caches of `teacher` for `method` with student roberta-1.5m besides its outputs (CKD's
+    relations, which depend on the student's layers), so that the build is timed here, outside the epochs."""
+    student = build_student(student_spec("roberta-1.5m", len(AutoTokenizer.from_pretrained(str(vocab)))),
+                            len(get_task("exception").labels))
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    return get_method(method)(shape_of(student), shape_of(model), **(hparams or {})).teacher_targets()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -82,11 +98,13 @@ def main() -> None:
     build = {}
     for name in names:
         needs = methods[name].needs(HPARAMS.get(name, {}))[0]
-        if needs and needs not in build:
+        targets = method_targets(name, Path(vocab), teacher, HPARAMS.get(name)) if needs else None
+        what = (*needs, *([targets.name] if targets else []))
+        if needs and what not in build:
             started = time.perf_counter()
             for where in (data, small):
-                cache_teacher(teacher, "exception", where, "train", needs, cache, "fp32")
-            build[needs] = time.perf_counter() - started
+                cache_teacher(teacher, "exception", where, "train", needs, cache, "fp32", targets=targets)
+            build[what] = time.perf_counter() - started
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, teacher_precision="fp32")
 
     def epoch(name: str, run: str, where: Path) -> float:

@@ -450,10 +450,12 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
 
 def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path, split: str = "train",
                   needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
-                  precision: str = "auto", trust_remote_code: bool = False) -> TeacherCache | None:
-    """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation.
+                  precision: str = "auto", trust_remote_code: bool = False,
+                  targets: TeacherTargets | None = None) -> TeacherCache | None:
+    """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation (with a
+    method's `targets`, `Method.teacher_targets()`, those instead: they depend on the student's layers).
 
-    `distill` finds it by content: same teacher, same token ids, same stored fields and precision.
+    `distill` finds it by content: same teacher, same token ids, same stored fields, targets and precision.
     """
     options = options or CacheOptions()
     t = get_task(task)
@@ -465,7 +467,7 @@ def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
     precision = teacher_precision(precision, process_state().device)
-    return teacher_cache(loaded, teacher_view(0), encoded, needs, t.name, split, options, precision)
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, t.name, split, options, precision, targets)
 
 
 def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: str | Path, split: str = "test",
