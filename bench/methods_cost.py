@@ -34,7 +34,7 @@ from transformers import (
 
 from codekd.data import demo_data_dir, get_task
 from codekd.encoding import InputSpec
-from codekd.methods import TeacherTargets, all_methods, get_method
+from codekd.methods import Method, all_methods, get_method
 from codekd.models.adapters import shape_of
 from codekd.models.presets import build_student
 from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab, student_spec
@@ -66,13 +66,14 @@ def random_teacher(out: Path, vocab: Path, max_length: int) -> Path:
     return out
 
 
-def method_targets(method: str, vocab: Path, teacher: Path, hparams: dict | None = None) -> TeacherTargets | None:
-    """What `distill` caches of `teacher` for `method` with student roberta-1.5m besides its outputs (CKD's
-    relations, which depend on the student's layers), so that the build is timed here, outside the epochs."""
+def built_method(method: str, vocab: Path, teacher: Path, hparams: dict | None = None) -> Method:
+    """`method` as `distill` builds it for student roberta-1.5m and `teacher`: what it caches besides the teacher's
+    outputs (CKD's relations) and of which layers (MiniLM, TinyBERT) depends on both, and the cache is built
+    here, timed, outside the epochs."""
     student = build_student(student_spec("roberta-1.5m", len(AutoTokenizer.from_pretrained(str(vocab)))),
                             len(get_task("exception").labels))
     model = AutoModelForSequenceClassification.from_pretrained(teacher)
-    return get_method(method)(shape_of(student), shape_of(model), **(hparams or {})).teacher_targets()
+    return get_method(method)(shape_of(student), shape_of(model), **(hparams or {}))
 
 
 def main() -> None:
@@ -98,12 +99,14 @@ def main() -> None:
     build = {}
     for name in names:
         needs = methods[name].needs(HPARAMS.get(name, {}))[0]
-        targets = method_targets(name, Path(vocab), teacher, HPARAMS.get(name)) if needs else None
-        what = (*needs, *([targets.name] if targets else []))
+        method = built_method(name, Path(vocab), teacher, HPARAMS.get(name)) if needs else None
+        targets, layers = (method.teacher_targets(), method.teacher_layers()) if method else (None, {})
+        what = (*needs, *([targets.name] if targets else []), *(f"layers {k} {v}" for k, v in layers.items()))
         if needs and what not in build:
             started = time.perf_counter()
             for where in (data, small):
-                cache_teacher(teacher, "exception", where, "train", needs, cache, "fp32", targets=targets)
+                cache_teacher(teacher, "exception", where, "train", needs, cache, "fp32", targets=targets,
+                              layers=layers)
             build[what] = time.perf_counter() - started
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, teacher_precision="fp32")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from methods_cost import method_targets, random_teacher, slice_data
+from methods_cost import built_method, random_teacher, slice_data
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from codekd.data import get_task, load_split
@@ -132,8 +132,9 @@ def main() -> None:
         if method != "ft":
             started = time.perf_counter()
             needs = ("logits", "hidden_states") if method == "ckd" else ("logits",)
-            cache_teacher(teacher, "exception", data, "train", needs, cache, "fp32",
-                          targets=method_targets(method, Path(vocab), teacher))
+            built = built_method(method, Path(vocab), teacher)
+            cache_teacher(teacher, "exception", data, "train", needs, cache, "fp32", targets=built.teacher_targets(),
+                          layers=built.teacher_layers())
             build = time.perf_counter() - started
         cfg = TrainConfig(epochs=1, batch_size=BATCH[method], teacher_precision="fp32")
         m = distill("exception", data, "roberta-1.5m", vocab, method, args.out / "runs" / method, cfg,

@@ -16,6 +16,8 @@ examples of n_i tokens (T = Σ n_i), L layers, width H, A attention heads and C 
 - `hidden_states.npy` [T, L+1, H]: every real token's vector at every layer (0: embeddings).
 - `attentions.npy` [Σ n_i², L, A]: example i's (query, key) pairs in query-major order, then layer, head.
 - `values.npy` [T, A, H/A]: every real token's last-layer value vector, per head (MiniLM's value relation).
+- A method that reads only some layers of `hidden_states` or `attentions` (`Method.teacher_layers`) has only
+  those stored (the manifest's `layers` names them); `TeacherCache.outputs` gives None for the others.
 - `targets.npy` [T, F]: every real token's targets for one method (`codekd.methods.TeacherTargets`, CKD's
   relations), computed once from the teacher's outputs, which are then not stored unless the method reads them.
 - `owner`: host and process id of the build (tells a later build whether a leftover temporary is stale).
@@ -113,12 +115,14 @@ def stored_needs(needs: Sequence[str]) -> tuple[str, ...]:
 
 
 def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
-               dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None) -> dict[str, Any]:
+               dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None,
+               layers: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """Everything a cache's content depends on, as names and fingerprints (recorded in its manifest).
 
     `precision` is the teacher's autocast precision (`TrainConfig.precision`): bf16 outputs differ from
     fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored. With a method's
-    `targets`, the teacher's outputs stored are the ones it names, and the targets' name and parameters count.
+    `targets`, the teacher's outputs stored are the ones it names, and the targets' name and parameters count;
+    with `layers` (`Method.teacher_layers`), the layers kept.
     """
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype {shown(dtype)}: expected one of {', '.join(DTYPES)}")
@@ -128,6 +132,8 @@ def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict]
               "dtype": dtype if len(stored) > 1 or targets else "fp32", "precision": precision}
     if targets:
         inputs["targets"] = target_key(targets)
+    if layers:
+        inputs["layers"] = {name: list(kept) for name, kept in sorted(layers.items())}
     return inputs
 
 
@@ -137,10 +143,11 @@ def target_key(targets: TeacherTargets) -> dict[str, Any]:
 
 
 def cache_key(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
-              dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None) -> str:
+              dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None,
+              layers: dict[str, list[int]] | None = None) -> str:
     """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields, the method's
     targets or their precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
-    return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision, targets))
+    return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision, targets, layers))
 
 
 def key_of(inputs: dict[str, Any]) -> str:
@@ -174,6 +181,7 @@ class TeacherCache:
         self.lengths = np.load(path / "lengths.npy")
         self.offsets, self.pair_offsets = _offsets(self.lengths)
         names = [*self.needs, *(["targets"] if manifest.get("targets") else [])]
+        self.layers: dict[str, dict[str, Any]] = manifest.get("layers") or {}
         self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in names}
 
     @classmethod
@@ -186,6 +194,15 @@ class TeacherCache:
 
     def covers(self, needs: Sequence[str]) -> bool:
         return set(needs) <= set(self.needs)
+
+    def _all_layers(self, name: str, states: Tensor) -> tuple[Tensor | None, ...]:
+        """(L', …) stored layers as the tuple of every layer, None where a layer was not stored."""
+        if name not in self.layers:
+            return tuple(states.unbind(0))
+        every: list[Tensor | None] = [None] * self.layers[name]["of"]
+        for state, i in zip(states.unbind(0), self.layers[name]["kept"], strict=True):
+            every[i] = state
+        return tuple(every)
 
     def _rows(self, name: str, offsets: np.ndarray, i: int) -> Tensor:
         return torch.from_numpy(np.array(self.arrays[name][offsets[i]:offsets[i + 1]]))
@@ -207,7 +224,7 @@ class TeacherCache:
             states = torch.zeros(layers, size, width, hidden)
             for b, i in enumerate(idx):
                 states[:, b, :lengths[b]] = self._rows("hidden_states", self.offsets, i).transpose(0, 1)
-            out.hidden_states = tuple(states.to(device).unbind(0))
+            out.hidden_states = self._all_layers("hidden_states", states.to(device))
         if "attentions" in self.arrays:
             _, layers, heads = self.arrays["attentions"].shape
             attn = torch.zeros(layers, size, heads, width, width)
@@ -215,7 +232,7 @@ class TeacherCache:
                 n = int(lengths[b])
                 attn[:, b, :, :n, :n] = self._rows("attentions", self.pair_offsets, i).view(n, n, layers, heads) \
                     .permute(2, 3, 0, 1)
-            out.attentions = tuple(attn.to(device).unbind(0))
+            out.attentions = self._all_layers("attentions", attn.to(device))
         if "values" in self.arrays:
             _, heads, size_k = self.arrays["values"].shape
             values = torch.zeros(size, width, heads, size_k)
@@ -247,20 +264,22 @@ def _remove_stale(path: Path) -> None:
 
 
 def _rows(out: Outputs, stored: Sequence[str], lengths: Sequence[int], dtype: torch.dtype,
-          targets: TeacherTargets | None = None) -> dict[str, list]:
+          targets: TeacherTargets | None = None, layers: dict[str, list[int]] | None = None) -> dict[str, list]:
     """One batch's outputs (and a method's `targets` from them) as the cache stores them, per example and without
-    padding, on the CPU: the logits in fp32, the rest in `dtype`. Only these rows travel between processes."""
-    def stacked(states: tuple[Tensor, ...], dim: int) -> np.ndarray:
-        return torch.stack([s.to(dtype) for s in states], dim).cpu().numpy()
+    padding, on the CPU: the logits in fp32, the rest in `dtype`, of `hidden_states` and `attentions` the `layers`
+    kept (all without). Only these rows travel between processes."""
+    def stacked(states: tuple[Tensor, ...], dim: int, name: str = "") -> np.ndarray:
+        kept = [states[i] for i in layers[name]] if layers and name in layers else states
+        return torch.stack([s.to(dtype) for s in kept], dim).cpu().numpy()
 
     rows: dict[str, list] = {"logits": list(out.logits.float().cpu().numpy())}
     if "first_token" in stored:
         rows["first_token"] = list(stacked(out.first_token, 1))
     if "hidden_states" in stored:
-        hidden = stacked(out.hidden_states, 2)  # (B, N, L+1, H)
+        hidden = stacked(out.hidden_states, 2, "hidden_states")  # (B, N, L+1, H)
         rows["hidden_states"] = [hidden[b, :n] for b, n in enumerate(lengths)]
     if "attentions" in stored:
-        attn = np.moveaxis(stacked(out.attentions, 4), 1, -1)  # (B, N, N, L, A)
+        attn = np.moveaxis(stacked(out.attentions, 4, "attentions"), 1, -1)  # (B, N, N, L, A)
         rows["attentions"] = [attn[b, :n, :n].reshape(n * n, *attn.shape[3:]) for b, n in enumerate(lengths)]
     if "values" in stored:
         values = out.values.transpose(1, 2).to(dtype).cpu().numpy()  # (B, N, A, H/A)
@@ -287,9 +306,11 @@ def _store(arrays: dict[str, np.ndarray], rows: dict[str, list], indices: Sequen
 def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: str | Path,
                 dtype: str = "fp16", budget_bytes: int = 2 * 2**30, batch_size: int = 64,
                 precision: str = "fp32", inputs: dict[str, Any] | None = None,
-                targets: TeacherTargets | None = None) -> TeacherCache | None:
+                targets: TeacherTargets | None = None,
+                layers: dict[str, list[int]] | None = None) -> TeacherCache | None:
     """Run `teacher` once over the `view` encodings of `data` and cache what `needs` names at `path`; with a
-    method's `targets`, those computed from what `needs` names, and of the outputs only what `targets.stored` does.
+    method's `targets`, those computed from what `needs` names, and of the outputs only what `targets.stored` does;
+    of `hidden_states` and `attentions`, only the `layers` a method reads (`Method.teacher_layers`).
 
     Returns the cache, or None (having written nothing) when it would exceed `budget_bytes` or the disk's free
     space (less `FREE_MARGIN`); the caller then runs the teacher live. One build per key runs at a time (a lock
@@ -312,7 +333,7 @@ def build_cache(teacher: nn.Module, data: EncodedData, view: str, needs: Sequenc
         try:
             state.wait_for_everyone()
             return _build(teacher, data, view, needs, path, dtype, budget_bytes, batch_size, precision, inputs,
-                          targets)
+                          targets, layers or {})
         finally:  # a waiter that opened it already keeps its lock, and then finds the cache built
             if state.is_main_process:
                 lock.unlink(missing_ok=True)
@@ -329,7 +350,7 @@ def _allocate(arrays: dict[str, np.ndarray]) -> None:
 
 def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str], path: Path, dtype: str,
            budget_bytes: int, batch_size: int, precision: str, inputs: dict[str, Any] | None,
-           targets: TeacherTargets | None) -> TeacherCache | None:
+           targets: TeacherTargets | None, layers: dict[str, list[int]]) -> TeacherCache | None:
     """`build_cache`, under the key's lock."""
     computed = stored_needs(needs)
     stored = stored_needs(targets.stored) if targets else computed
@@ -348,10 +369,14 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
     mine = batches[state.process_index::state.num_processes]
     torch_dtype, np_dtype = DTYPES[dtype]
 
+    counts: dict[str, int] = {}  # how many layers each per-layer output has, for `layers`' negative indices
+
     def rows(indices: list[int]) -> dict[str, list]:
         with autocast(precision, state.device):
             out = run_frozen(teacher, to_device(only_view.collate(indices)[view], state.device), computed)
-        return _rows(out, stored, lengths[indices].tolist(), torch_dtype, targets)
+        counts.update({name: len(getattr(out, name)) for name in layers if name in stored})
+        kept = {name: sorted({i % counts[name] for i in layers[name]}) for name in counts}
+        return _rows(out, stored, lengths[indices].tolist(), torch_dtype, targets, kept)
 
     started = time.perf_counter()
     first = rows(mine[0]) if mine else None
@@ -407,6 +432,8 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
             write_json(tmp / MANIFEST, {
                 "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
                 "needs": list(stored), "targets": target_key(targets) if targets else None,
+                "layers": {name: {"kept": sorted({i % n_layers for i in layers[name]}), "of": n_layers}
+                           for name, n_layers in counts.items()},
                 "dtype": dtype, "precision": precision, "examples": n,
                 "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
                 "build_seconds": round(time.perf_counter() - started, 3)})

@@ -190,16 +190,17 @@ class CacheOptions:
 
 
 def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
-                  options: CacheOptions, precision: str, targets: TeacherTargets | None = None) -> TeacherCache | None:
-    """Open or build the cache of `teacher`'s outputs on `data` (or of a method's `targets` from them); None when
-    it would exceed the budget."""
+                  options: CacheOptions, precision: str, targets: TeacherTargets | None = None,
+                  layers: dict[str, list[int]] | None = None) -> TeacherCache | None:
+    """Open or build the cache of `teacher`'s outputs on `data` (or of a method's `targets` from them, of the
+    `layers` it reads); None when it would exceed the budget."""
     items = data.views[view][0]
-    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision, targets)
+    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision, targets, layers)
     path = cache_dir(options.root or default_cache_root(), key_of(inputs))
     cache = TeacherCache.open(path)
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
-                            precision=precision, inputs=inputs, targets=targets)
+                            precision=precision, inputs=inputs, targets=targets, layers=layers)
     console.print(f"teacher outputs: {f'cached at {path}' if cache else 'not cached (budget or disk space): run live'}")
     return cache
 
@@ -281,9 +282,11 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
         console.print("teacher dropout on (--teacher-dropout / --study-compat): its outputs are random, so the "
                       "teacher runs live and nothing is cached")
     elif cache and cache.enabled and method.teacher_needs and method.teacher_cacheable():
-        targets = method.teacher_targets() if align == "position" else None  # offsets re-order the teacher's tokens
+        position = align == "position"  # offsets re-order (and re-read) the teacher's tokens: its whole outputs
         caches = [teacher_cache(t, teacher_view(i), train, method.teacher_needs, task.name, "train", cache,
-                                teacher_precision(cfg.teacher_precision, state.device), targets)
+                                teacher_precision(cfg.teacher_precision, state.device),
+                                method.teacher_targets() if position else None,
+                                method.teacher_layers() if position else None)
                   for i, t in enumerate(teachers)]
     diagnostics = _diagnostics(method_name, method, task, cfg, state.num_processes, teachers, caches, train)
     result = fit(model, method, train, valid, task, cfg, work,
@@ -451,9 +454,11 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
 def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path, split: str = "train",
                   needs: Sequence[str] = ("logits",), options: CacheOptions | None = None,
                   precision: str = "auto", trust_remote_code: bool = False,
-                  targets: TeacherTargets | None = None) -> TeacherCache | None:
+                  targets: TeacherTargets | None = None, layers: dict[str, list[int]] | None = None
+                  ) -> TeacherCache | None:
     """Build (or find) the cache of a fine-tuned teacher's outputs on one split, ahead of distillation (with a
-    method's `targets`, `Method.teacher_targets()`, those instead: they depend on the student's layers).
+    method's `targets`, `Method.teacher_targets()`, those instead: they depend on the student's layers; with
+    `layers`, `Method.teacher_layers()`, only those).
 
     `distill` finds it by content: same teacher, same token ids, same stored fields, targets and precision.
     """
@@ -467,7 +472,8 @@ def cache_teacher(teacher: str | Path, task: str | Path | Task, data: str | Path
     encoded = EncodedData([ex.label for ex in examples],
                           {teacher_view(0): encode_view(loaded.tokenizer, examples, loaded.spec)})
     precision = teacher_precision(precision, process_state().device)
-    return teacher_cache(loaded, teacher_view(0), encoded, needs, t.name, split, options, precision, targets)
+    return teacher_cache(loaded, teacher_view(0), encoded, needs, t.name, split, options, precision, targets,
+                         layers)
 
 
 def evaluate_model(task: str | Path | Task | None, data: str | Path, model_dir: str | Path, split: str = "test",

@@ -166,3 +166,25 @@ def test_ckd_relations_cached_once_give_the_live_teachers_loss(teacher_data, tin
     keys = {cache_key(tiny_teacher, "exception", "train", data.views["teacher0"][0], method.teacher_needs, dtype,
                       "fp32", t) for t in (None, targets, other)}
     assert len(keys) == 3  # the states, these relations, another window's
+
+
+def test_a_cache_keeps_only_the_layers_a_method_reads(teacher_data, tmp_path):
+    """MiniLM reads one layer's attention maps, TinyBERT its matched layers' states: the cache stores those only
+    (negative indices count from the end), gives None for the others, and the kept ones equal the live teacher's."""
+    model, data = teacher_data
+    layers = {"attentions": [-1], "hidden_states": [0, 2]}
+    full = build_cache(model, data, "teacher0", NEEDS, tmp_path / "full", dtype="fp32", batch_size=16)
+    cache = build_cache(model, data, "teacher0", NEEDS, tmp_path / "c", dtype="fp32", batch_size=16, layers=layers)
+    n_layers = len(full.outputs(torch.arange(2)).attentions)
+    assert cache.manifest["layers"] == {"attentions": {"kept": [n_layers - 1], "of": n_layers},
+                                        "hidden_states": {"kept": [0, 2], "of": n_layers + 1}}
+    assert cache.manifest["bytes"] < full.manifest["bytes"] / 2
+    for batch in loader(data, 12, seed=3, shuffle=True, bucket=False, view="teacher0"):
+        want, got = full.outputs(batch["index"]), cache.outputs(batch["index"])
+        assert len(got.attentions) == n_layers and len(got.hidden_states) == n_layers + 1
+        assert [i for i, a in enumerate(got.attentions) if a is not None] == [n_layers - 1]
+        assert [i for i, h in enumerate(got.hidden_states) if h is not None] == [0, 2]
+        assert torch.equal(got.attentions[-1], want.attentions[-1])
+        assert all(torch.equal(got.hidden_states[i], want.hidden_states[i]) for i in (0, 2))
+        assert all(torch.equal(g, w) for g, w in zip(got.first_token, want.first_token, strict=True))
+        assert torch.equal(got.values, want.values)

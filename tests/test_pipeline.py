@@ -13,6 +13,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from codekd import train as train_mod
+from codekd.cache import TeacherCache
 from codekd.encoding import InputSpec, encode
 from codekd.models import custom_spec
 from codekd.pipeline import distill, evaluate_model, make_vocab, read_metrics, train_teacher
@@ -250,7 +251,7 @@ def test_demo_fast_with_the_real_pretrained_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("method,dtype,tol", [("kd", "fp16", 1e-6), ("pkd", "fp32", 1e-5), ("pkd", "fp16", 1e-3),
-                                              ("ckd", "fp16", 1e-3)])
+                                              ("ckd", "fp16", 1e-3), ("minilm", "fp16", 1e-3)])
 def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vocab, tiny_teacher, tmp_path,
                                                       method, dtype, tol):
     from codekd.pipeline import CacheOptions
@@ -263,6 +264,7 @@ def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vo
     cached = distill(*args, tmp_path / "cached", cfg, teacher=tiny_teacher, max_length=64, cache=options)
     (built,) = (tmp_path / "cache").iterdir()
     assert (built / "targets.npy").is_file() == (method == "ckd")  # CKD's relations, computed once
+    assert bool(TeacherCache.open(built).layers) == (method == "minilm")  # its compared layer's maps only
     again = distill(*args, tmp_path / "again", cfg, teacher=tiny_teacher, max_length=64, cache=options)
     assert len(list((tmp_path / "cache").iterdir())) == 1  # reused, not rebuilt
     for run in (cached, again):

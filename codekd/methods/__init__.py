@@ -98,6 +98,12 @@ class Method(nn.Module):
         """What a teacher cache should compute once for this method, if anything (default: nothing)."""
         return None
 
+    def teacher_layers(self) -> dict[str, list[int]]:
+        """Of the teacher's per-layer outputs (`hidden_states`, `attentions`), the layers this method reads, as
+        indices into those tuples (negative ones count from the end). A teacher cache stores only these, and its
+        outputs hold None for the others. Empty (default): every layer."""
+        return {}
+
 
 def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     """Option values arrive as YAML scalars or strings ("0.5", "true"); give them the default's type."""

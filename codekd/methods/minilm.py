@@ -73,6 +73,10 @@ class MiniLM(Method):
             return (*teacher, "values"), (*student, "values")
         return teacher, student
 
+    def teacher_layers(self) -> dict[str, list[int]]:
+        """One teacher layer's attention maps are compared: a cache keeps that layer's only."""
+        return {"attentions": [self.teacher_idx]}
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
         attention = losses.attention_relation(

@@ -53,6 +53,13 @@ class TinyBERT(Method):
             self.teacher_needs = (*self.teacher_needs, "attentions")
             self.student_needs = (*self.student_needs, "attentions")
 
+    def teacher_layers(self) -> dict[str, list[int]]:
+        """The matched teacher layers only (a cache keeps no other)."""
+        layers = {"hidden_states": list(self.teacher_idx)}
+        if self.hp["attention_weight"] > 0:
+            layers["attentions"] = list(self.attention_idx[1])
+        return layers
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
         hidden = losses.hidden_mse(

@@ -39,8 +39,8 @@ class Outputs:
 
     def to(self, device: torch.device | str) -> Outputs:
         """The same outputs on `device` (a teacher placed on another device than the student's)."""
-        def move(states: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
-            return None if states is None else tuple(s.to(device) for s in states)
+        def move(states: tuple[Tensor | None, ...] | None) -> tuple[Tensor | None, ...] | None:
+            return None if states is None else tuple(None if s is None else s.to(device) for s in states)
 
         return Outputs(self.logits.to(device), self.mask.to(device), move(self.hidden_states),
                        move(self.first_token), move(self.attentions),
