@@ -5,9 +5,11 @@ The teacher is a 6×384 RoBERTa classifier built from a config (random weights: 
 quality), the student roberta-1.5m, the data the shipped exception slice (its 2000 training functions cut to
 --train), 512 tokens, batch 32. Every method's teacher needs are cached first (their build times are printed,
 outside the epochs); then each method in `codekd methods` trains one epoch from its cache, after a warm-up FT
-epoch outside the figures (combo as kd + pkd, weights 1 and 0.5, the README's example); with --repeats R, R
-epochs each, interleaved, and the fastest is the figure (this shared VM's speed drifts by ±30 % between
-runs). Then each method runs one more epoch on --profile-train examples under torch.profiler (not timed).
+epoch outside the figures (combo as kd + pkd, weights 1 and 0.5, the README's example). This shared VM's speed
+drifts by up to 2× within minutes, so every method's epoch runs between two FT epochs (ft, m1, ft, m2, …, ft)
+and its figure is its epoch ÷ the mean of those two; with --repeats R the schedule runs R times and the median
+of a method's R ratios is the figure. Then each method runs one more epoch on --profile-train examples under
+torch.profiler (not timed).
 Hold the CPU lock for the whole run (not part of `make test`):
 
     flock /tmp/codekd-cpu.lock python bench/methods_cost.py --out bench-out/methods-cost [--train 600]
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -86,7 +89,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8, help="operators listed per method")
     ap.add_argument("--methods", default="", help="comma-separated subset (default: every registered method)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="timed epochs per method, interleaved (ft, ckd, …, ft, ckd, …); the fastest is reported")
+                    help="rounds of the schedule ft, m1, ft, m2, …, ft; a method's figure is its median ratio")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     data = slice_data(args.out / "data", args.train)
@@ -117,11 +120,18 @@ def main() -> None:
         return m["history"][0]["train_seconds"]
 
     epoch("ft", "warm-up", data)
-    runs: dict[str, list[float]] = {name: [] for name in names}
+    others = [name for name in names if name != "ft"]
+    runs: dict[str, list[float]] = {name: [] for name in others}
+    around: dict[str, list[tuple[float, float]]] = {name: [] for name in others}  # the FT epochs before and after
     for repeat in range(args.repeats):
-        for name in names:
+        before = epoch("ft", f"ft-{repeat}-0", data)
+        for k, name in enumerate(others):
             runs[name].append(epoch(name, f"{name}-{repeat}", data))
-    seconds = {name: min(times) for name, times in runs.items()}
+            after = epoch("ft", f"ft-{repeat}-{k + 1}", data)
+            around[name].append((before, after))
+            before = after
+    ratios = {name: statistics.median(t / ((a + b) / 2) for t, (a, b) in zip(runs[name], around[name], strict=True))
+              for name in others}
     tables = {}
     for name in names:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -137,12 +147,14 @@ def main() -> None:
     for name, table in tables.items():
         print(f"\n### {name}: top operators by self CPU time (profiled epoch of {args.profile_train} examples)\n"
               f"{table}")
-    ft = seconds.get("ft") or epoch("ft", "ft", data)
-    print(f"\n| method | cached epoch s (fastest of {args.repeats}) | every epoch s | ÷ FT epoch |\n|---|---|---|---|")
-    for name, s in seconds.items():
-        print(f"| {name} | {s:.1f} | {' / '.join(f'{t:.1f}' for t in runs[name])} | {s / ft:.2f} |")
-    (args.out / "methods_cost.json").write_text(json.dumps({"seconds": seconds, "runs": runs, "ft": ft, "cache_build": {
-        ",".join(k): v for k, v in build.items()}}, indent=1))
+    print(f"\n| method | cached epoch s | FT epochs before / after s | ÷ their mean (median of {args.repeats}) |"
+          "\n|---|---|---|---|")
+    for name in others:
+        fts = "; ".join(f"{a:.1f} / {b:.1f}" for a, b in around[name])
+        print(f"| {name} | {' / '.join(f'{t:.1f}' for t in runs[name])} | {fts} | {ratios[name]:.2f} |")
+    (args.out / "methods_cost.json").write_text(json.dumps({"runs": runs, "ft_around": around, "ratios": ratios,
+                                                            "cache_build": {",".join(k): v for k, v in build.items()}},
+                                                           indent=1))
 
 
 if __name__ == "__main__":

@@ -116,19 +116,21 @@ def stored_needs(needs: Sequence[str]) -> tuple[str, ...]:
 
 def key_inputs(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
                dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None,
-               layers: dict[str, list[int]] | None = None) -> dict[str, Any]:
+               layers: dict[str, list[int]] | None = None, same_as: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a cache's content depends on, as names and fingerprints (recorded in its manifest).
 
     `precision` is the teacher's autocast precision (`TrainConfig.precision`): bf16 outputs differ from
     fp32 ones. `dtype` only matters when something besides the (always fp32) logits is stored. With a method's
     `targets`, the teacher's outputs stored are the ones it names, and the targets' name and parameters count;
-    with `layers` (`Method.teacher_layers`), the layers kept.
+    with `layers` (`Method.teacher_layers`), the layers kept. `same_as`, the key inputs of another cache of the
+    same teacher and items, saves hashing them again.
     """
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype {shown(dtype)}: expected one of {', '.join(DTYPES)}")
     stored = stored_needs(targets.stored if targets else needs)
-    inputs = {"format": FORMAT, "teacher": teacher_fingerprint(teacher_dir), "task": task, "split": split,
-              "data": data_fingerprint(items), "needs": list(stored),
+    inputs = {"format": FORMAT, "task": task, "split": split, "needs": list(stored),
+              "teacher": same_as["teacher"] if same_as else teacher_fingerprint(teacher_dir),
+              "data": same_as["data"] if same_as else data_fingerprint(items),
               "dtype": dtype if len(stored) > 1 or targets else "fp32", "precision": precision}
     if targets:
         inputs["targets"] = target_key(targets)

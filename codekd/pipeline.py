@@ -192,12 +192,19 @@ class CacheOptions:
 def teacher_cache(teacher: ModelDir, view: str, data: EncodedData, needs: Sequence[str], task: str, split: str,
                   options: CacheOptions, precision: str, targets: TeacherTargets | None = None,
                   layers: dict[str, list[int]] | None = None) -> TeacherCache | None:
-    """Open or build the cache of `teacher`'s outputs on `data` (or of a method's `targets` from them, of the
-    `layers` it reads); None when it would exceed the budget."""
+    """Open or build the cache of `teacher`'s outputs on `data`; None when it would exceed the budget.
+
+    A complete cache of the outputs `needs` names (what `codekd cache` builds) serves any method; else the one
+    built is of the method's `targets` computed from them and of the `layers` it reads, when it has them."""
     items = data.views[view][0]
-    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision, targets, layers)
-    path = cache_dir(options.root or default_cache_root(), key_of(inputs))
+    full = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision)
+    root = options.root or default_cache_root()
+    inputs = key_inputs(teacher.path, task, split, items, needs, options.dtype, precision, targets, layers, full)
+    path = cache_dir(root, key_of(full))
     cache = TeacherCache.open(path)
+    if cache is None:
+        path = cache_dir(root, key_of(inputs))
+        cache = TeacherCache.open(path)
     if cache is None:
         cache = build_cache(teacher.model, data, view, needs, path, options.dtype, int(options.budget_gb * 2**30),
                             precision=precision, inputs=inputs, targets=targets, layers=layers)

@@ -254,7 +254,7 @@ def test_demo_fast_with_the_real_pretrained_teacher(tmp_path):
                                               ("ckd", "fp16", 1e-3), ("minilm", "fp16", 1e-3)])
 def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vocab, tiny_teacher, tmp_path,
                                                       method, dtype, tol):
-    from codekd.pipeline import CacheOptions
+    from codekd.pipeline import CacheOptions, cache_teacher
 
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16)
     args = ("exception", small_exception, TINY_ROBERTA, small_vocab, method)
@@ -267,7 +267,12 @@ def test_cached_teacher_gives_the_live_teachers_losses(small_exception, small_vo
     assert bool(TeacherCache.open(built).layers) == (method == "minilm")  # its compared layer's maps only
     again = distill(*args, tmp_path / "again", cfg, teacher=tiny_teacher, max_length=64, cache=options)
     assert len(list((tmp_path / "cache").iterdir())) == 1  # reused, not rebuilt
-    for run in (cached, again):
+    runs = [cached, again]
+    if method == "ckd":  # a cache of the teacher's states, as `codekd cache --method ckd` builds, serves it too
+        cache_teacher(tiny_teacher, "exception", small_exception, needs=("logits", "hidden_states"), options=options)
+        runs.append(distill(*args, tmp_path / "states", cfg, teacher=tiny_teacher, max_length=64, cache=options))
+        assert len(list((tmp_path / "cache").iterdir())) == 2  # the states' cache, read, not a third one
+    for run in runs:
         for a, b in zip(run["history"], live["history"], strict=True):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=tol)
     assert again["model"] == cached["model"]
