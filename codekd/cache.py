@@ -147,8 +147,9 @@ def target_key(targets: TeacherTargets) -> dict[str, Any]:
 def cache_key(teacher_dir: str | Path, task: str, split: str, items: list[dict], needs: Sequence[str],
               dtype: str, precision: str = "fp32", targets: TeacherTargets | None = None,
               layers: dict[str, list[int]] | None = None) -> str:
-    """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields, the method's
-    targets or their precision, and with nothing else (not the order of `needs`, not where the teacher lies)."""
+    """Content hash of `key_inputs`: changes with the teacher, the token ids, the stored fields and layers, the
+    method's targets or their precision, and with nothing else (not the order of `needs`, not where the teacher
+    lies)."""
     return key_of(key_inputs(teacher_dir, task, split, items, needs, dtype, precision, targets, layers))
 
 
