@@ -26,7 +26,6 @@ import transformers
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from codekd.data import demo_data_dir
-from codekd.methods import get_method
 from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab, train_teacher
 from codekd.train import NonFiniteLossError, TrainConfig
 
@@ -114,7 +113,9 @@ def main() -> None:
         max_length=plan.max_length)))
     if runs[-1]["error"]:
         _finish(args.out, plan, runs, [])
-    needs = tuple(dict.fromkeys(n for m in METHODS for n in get_method(m).teacher_needs if n != "attentions"))
+    # the logit methods' and PKD's cache; CKD's relations and MiniLM's and TinyBERT's layers are cached by their
+    # first distill, as a user's run would (so those paths run on the GPU too)
+    needs = ("logits", "first_token")
     runs.append(_measured({"run": f"teacher cache ({', '.join(needs)})", **base}, plan,
                           lambda: cache_teacher(teacher, "exception", data, "train", needs, cache) and None))
 
