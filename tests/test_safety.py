@@ -350,7 +350,7 @@ def test_second_build_of_a_cache_key_waits_and_reuses_the_first(teacher_data, tm
     waiter.start()
     waiter.join(2.0)
     assert waiter.is_alive() and not path.exists()  # it waits
-    cache._build(model, data, "teacher0", ["logits"], path, "fp16", 2**30, 64, "fp32", None)  # the first build
+    cache._build(model, data, "teacher0", ["logits"], path, "fp16", 2**30, 64, "fp32", None, None, {})  # the 1st build
     first.release()
     waiter.join(60)
     assert second[0].path == path and "second" not in calls  # reused: the second ran no teacher forward
