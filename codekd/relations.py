@@ -194,10 +194,11 @@ Relations = tuple[Tensor, Tensor, Tensor]  # distances, angle diagonals, angle u
 def _relation_loss(student: Tensor, target: Relations, window: int, pair: Tensor | None,
                    counts: tuple[Tensor | int, Tensor | int]) -> Tensor:
     """dist_loss + angle_loss between the student's relations over the second-last axis and the teacher's
-    ``target`` (:func:`_target`, :func:`_cached_target`): each the sum of its squared differences over the kept
-    slots ``pair`` (:func:`_relation_pairs`) divided by its count in ``counts`` (:func:`_relation_counts`; the
-    whole batch's, when this is one chunk of it). The angle loss sums each symmetric K×K block as its diagonal
-    plus twice its upper triangle. The student's products are float64, for an exact gradient."""
+    ``target`` (:func:`_target`, or cached ones through :func:`_masked`): each the sum of its squared differences
+    over the kept slots ``pair`` (:func:`_relation_pairs`) divided by its count in ``counts``
+    (:func:`_relation_counts`; the whole batch's, when this is one chunk of it). The angle loss sums each
+    symmetric K×K block as its diagonal plus twice its upper triangle. The student's products are float64, for
+    an exact gradient."""
     d_s, diag_s, up_s = _relations(student, window, pair)
     d_t, diag_t, up_t = target
     if pair is not None:
