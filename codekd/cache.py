@@ -237,17 +237,17 @@ class TeacherCache:
                     .permute(2, 3, 0, 1)
             out.attentions = self._all_layers("attentions", attn.to(device))
         if "values" in self.arrays:
-            _, heads, size_k = self.arrays["values"].shape
-            values = torch.zeros(size, width, heads, size_k)
-            for b, i in enumerate(idx):
-                values[b, :lengths[b]] = self._rows("values", self.offsets, i).float()
-            out.values = values.transpose(1, 2).to(device)
+            out.values = self._tokens("values", idx, lengths, width).transpose(1, 2).to(device)
         if "targets" in self.arrays:
-            targets = torch.zeros(size, width, self.arrays["targets"].shape[1])
-            for b, i in enumerate(idx):
-                targets[b, :lengths[b]] = self._rows("targets", self.offsets, i).float()
-            out.targets = targets.to(device)
+            out.targets = self._tokens("targets", idx, lengths, width).to(device)
         return out
+
+    def _tokens(self, name: str, idx: list[int], lengths: np.ndarray, width: int) -> Tensor:
+        """(B, width, …) float32: the token rows of `name` for the examples `idx`, zeros past each one's length."""
+        padded = torch.zeros(len(idx), width, *self.arrays[name].shape[1:])
+        for b, i in enumerate(idx):
+            padded[b, :lengths[b]] = self._rows(name, self.offsets, i).float()
+        return padded
 
 
 def _running(owner: Path) -> bool:
@@ -373,12 +373,14 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
     torch_dtype, np_dtype = DTYPES[dtype]
 
     counts: dict[str, int] = {}  # how many layers each per-layer output has, for `layers`' negative indices
+    kept: dict[str, list[int]] = {}  # `layers` as non-negative indices, once `counts` is known
 
     def rows(indices: list[int]) -> dict[str, list]:
         with autocast(precision, state.device):
             out = run_frozen(teacher, to_device(only_view.collate(indices)[view], state.device), computed)
-        counts.update({name: len(getattr(out, name)) for name in layers if name in stored})
-        kept = {name: sorted({i % counts[name] for i in layers[name]}) for name in counts}
+        if not counts:
+            counts.update({name: len(getattr(out, name)) for name in layers if name in stored})
+            kept.update({name: sorted({i % counts[name] for i in layers[name]}) for name in counts})
         return _rows(out, stored, lengths[indices].tolist(), torch_dtype, targets, kept)
 
     started = time.perf_counter()
@@ -435,8 +437,7 @@ def _build(teacher: nn.Module, data: EncodedData, view: str, needs: Sequence[str
             write_json(tmp / MANIFEST, {
                 "format": FORMAT, "codekd_version": version("codekd"), "inputs": inputs, "view": view,
                 "needs": list(stored), "targets": target_key(targets) if targets else None,
-                "layers": {name: {"kept": sorted({i % n_layers for i in layers[name]}), "of": n_layers}
-                           for name, n_layers in counts.items()},
+                "layers": {name: {"kept": kept[name], "of": counts[name]} for name in counts},
                 "dtype": dtype, "precision": precision, "examples": n,
                 "shapes": {name: list(shape) for name, shape in shapes.items()}, "bytes": size,
                 "build_seconds": round(time.perf_counter() - started, 3)})
