@@ -19,6 +19,7 @@ initialisation, which both rows use):
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +103,7 @@ def _versus(claim: str, subject: str, a: Cell, b: Cell, better: bool) -> Verdict
     The difference is the mean over the seeds both ran, the pairs the test uses (all seeds when they share none)."""
     n, p = paired_test(a.scores, b.scores)
     common = sorted(a.scores.keys() & b.scores.keys())
-    diff = (mean_std(a.scores[s] - b.scores[s] for s in common)[0] or 0.0) if common else _mean(a) - _mean(b)
+    diff = statistics.fmean(a.scores[s] - b.scores[s] for s in common) if common else _mean(a) - _mean(b)
     holds = (None if p is None else diff > 0 and p < ALPHA) if better else (None if n < 2 else diff >= 0)
     return Verdict(claim, subject, f"{a.method} vs {b.method}", diff, n, p, holds)
 

@@ -12,14 +12,10 @@ process reads, checks, trains and evaluates; the main process alone writes, and 
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,7 +58,7 @@ from codekd.methods import TeacherTargets, get_method
 from codekd.models import PRESETS, StudentSpec, build_student, count_parameters, custom_spec, get_preset
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_classifier, load_pretrained_encoder, max_input_length
-from codekd.rundir import configure, copy_code, write_card
+from codekd.rundir import configure, copy_code, environment, write_card
 from codekd.train import (
     CHECKPOINT,
     FAILURE,
@@ -86,15 +82,6 @@ RUN_CONFIG = "run.yaml"
 ALIGN = ("position", "offsets")
 METRICS = "metrics.json"
 VOCAB_FILES = ("tokenizer.json", "tokenizer_config.json")  # what `make_vocab` writes
-
-
-def environment() -> dict[str, Any]:
-    """Library versions and machine facts recorded with every result."""
-    libs = ("codekd", "torch", "transformers", "tokenizers", "accelerate", "numpy")
-    return {"versions": {lib: version(lib) for lib in libs}, "python": sys.version.split()[0],
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def make_vocab(task: str | Path | Task, data: str | Path, size: int, out: str | Path, max_length: int = 512,

@@ -232,6 +232,17 @@ def _split(rows: Tensor, layers: int, k: int) -> Relations:
     return rows.unflatten(-1, (layers, -1)).split([k, k, k * (k - 1) // 2], -1)
 
 
+def _windowed(window: int, hidden: Tensor, mask: Tensor, rows: Tensor | None = None,
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """States (…, N, H), their mask (…, N) and per-token rows (…, N, F) in the windowed layout of
+    :func:`teacher_relations`: a sequence of N ≤ W positions padded to W + 1 with masked positions."""
+    extra = window + 1 - hidden.shape[-2]
+    if extra <= 0:
+        return hidden, mask, rows
+    return (F.pad(hidden, (0, 0, 0, extra)), F.pad(mask, (0, extra)),
+            None if rows is None else F.pad(rows, (0, 0, 0, extra)))
+
+
 def teacher_relations(hidden: Tensor, window: int, mask: Tensor) -> Tensor:
     """A teacher's side of :func:`relation_loss`, computed once for a teacher cache: per token (B, N, F), its
     word relations at each of the L layers of ``hidden`` (B, L, N, H) and its layer relations, over the real
@@ -240,10 +251,8 @@ def teacher_relations(hidden: Tensor, window: int, mask: Tensor) -> Tensor:
     positions, which gives the relations :func:`_target` computes from the states of that batch. F is
     L·(2K + K(K−1)/2) for the words (K = 2W + 1) plus the same with K = L (or 2W + 1 when L > W) for the layers.
     Taken in chunks of the batch of about ``CHUNK_ELEMENTS`` K-space values, to bound the memory."""
-    hidden, valid = hidden.float(), mask.bool()
     b, layers, n = hidden.shape[:3]
-    if n <= window:
-        hidden, valid = F.pad(hidden, (0, 0, 0, window + 1 - n)), F.pad(valid, (0, window + 1 - n))
+    hidden, valid = _windowed(window, hidden.float(), mask.bool())[:2]
     width, k = hidden.shape[2], 2 * window + 1
     chunk = max(1, CHUNK_ELEMENTS // (layers * width * k * k))
     rows = []
@@ -296,11 +305,7 @@ def relation_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, window:
     if cached is not None:
         if mask is None:
             raise ValueError("cached teacher relations need the mask of real tokens (they leave pads out)")
-        cached = cached[:, : student_hidden.shape[2]]
-        if student_hidden.shape[2] <= window:  # the windowed layout of the cached relations: pad with masked positions
-            extra = window + 1 - student_hidden.shape[2]
-            student_hidden, mask = F.pad(student_hidden, (0, 0, 0, extra)), F.pad(mask, (0, extra))
-            cached = F.pad(cached, (0, 0, 0, extra))
+        student_hidden, mask, cached = _windowed(window, student_hidden, mask, cached[:, : student_hidden.shape[2]])
     b, layers, n = student_hidden.shape[:3]
     valid = None if mask is None else mask.bool()
     word = _relation_pairs(student_hidden.shape[:3], window, None if valid is None else valid[:, None, :],

@@ -10,16 +10,22 @@
   codekd; codekd itself registers the class and never runs that copy.
 - `README.md` is a model card (`huggingface_hub.ModelCard`) with the task, teacher, method, metrics,
   retention, parameters and data licence, the metrics also as model-index metadata.
+- :func:`environment` is the library versions and machine facts recorded with every run and study result.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
 import shutil
+import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import codekd.hub
@@ -33,6 +39,15 @@ CARD = "README.md"
 PIPELINE = {"text-classification": {"impl": "codekd_pipeline.CodeClassificationPipeline",
                                     "pt": ["AutoModelForSequenceClassification"], "tf": [], "type": "text"}}
 WHITESPACE_RUN = r"[\s\x1c-\x1f]+"  # what Python's str.split() splits on (\s plus the four separators)
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and machine facts recorded with every result."""
+    libs = ("codekd", "torch", "transformers", "tokenizers", "accelerate", "numpy")
+    return {"versions": {lib: version(lib) for lib in libs}, "python": sys.version.split()[0],
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _collapse_normalizer() -> Any:

@@ -160,7 +160,8 @@ def _teacher_dir(study: Study, cell: Cell) -> Path:
 def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     """Train (or resume) one cell, measure its model, and return its record."""
     from codekd.bench import measure_efficiency
-    from codekd.pipeline import CacheOptions, distill, environment, evaluate_model, read_metrics, train_teacher
+    from codekd.pipeline import CacheOptions, distill, evaluate_model, read_metrics, train_teacher
+    from codekd.rundir import environment
 
     started = time.perf_counter()
     data = _data_for(study, cell.task)
