@@ -5,6 +5,8 @@
 # Needs the corpus first: codekd data exception --out /work/evidence-study/corpus, and
 # cp /work/evidence-study/corpus/transfer.jsonl /work/evidence-study/corpus-transfer.jsonl
 set -u
+# setsid gives the runner its own autogroup, where nice alone does not yield to other sessions' jobs
+echo 19 > /proc/self/autogroup 2>/dev/null || true
 S=/work/evidence-study
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 phase() {  # phase NAME CONFIG OUT ONLY...
