@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codekd.stats import ALPHA, mean_std, paired_test
+from codekd.stats import ALPHA, paired_test
 
 Cell = Any  # codekd.report.Cell (the report imports this module, so not the other way round)
 
@@ -95,7 +95,7 @@ def family(cell: Cell) -> str:
 
 
 def _mean(cell: Cell) -> float:
-    return mean_std(cell.scores.values())[0] or 0.0
+    return statistics.fmean(cell.scores.values())  # a cell holds at least one record's score
 
 
 def _versus(claim: str, subject: str, a: Cell, b: Cell, better: bool) -> Verdict:
