@@ -39,8 +39,8 @@ from codekd.data import demo_data_dir, get_task
 from codekd.encoding import InputSpec
 from codekd.methods import Method, all_methods, get_method
 from codekd.models.adapters import shape_of
-from codekd.models.presets import build_student
-from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab, student_spec
+from codekd.models.presets import build_student, student_spec
+from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab
 from codekd.train_config import TrainConfig
 
 HPARAMS = {"combo": {"parts": [{"method": "kd", "weight": 1.0}, {"method": "pkd", "weight": 0.5}]}}

@@ -31,13 +31,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from methods_cost import built_method, random_teacher, slice_data
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from codekd.data import get_task, load_split
 from codekd.methods.layermap import layer_map
-from codekd.models.presets import build_student
-from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab, student_spec
+from codekd.models.presets import build_student, student_spec
+from codekd.pipeline import CacheOptions, cache_teacher, distill, make_vocab
 from codekd.train_config import TrainConfig
 
 BATCH = {"ft": 32, "kd": 32, "ckd": 16}  # the study's (STUDY.md §5; CKD's params.py)
@@ -120,6 +121,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--study-steps", type=int, default=6, help="timed steps of the study's loop per method")
     ap.add_argument("--methods", default="ft,kd,ckd")
+    ap.add_argument("--student", type=yaml.safe_load, default="roberta-1.5m",
+                    help="codekd's student, e.g. '{preset: roberta-1.5m, attention_dropout: 0}'; the study's loop "
+                         "always trains roberta-1.5m as the study does (attention dropout 0.1)")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     data = slice_data(args.out / "data", args.train)
@@ -137,7 +141,7 @@ def main() -> None:
                           layers=built.teacher_layers())
             build = time.perf_counter() - started
         cfg = TrainConfig(epochs=1, batch_size=BATCH[method], teacher_precision="fp32")
-        m = distill("exception", data, "roberta-1.5m", vocab, method, args.out / "runs" / method, cfg,
+        m = distill("exception", data, args.student, vocab, method, args.out / "runs" / method, cfg,
                     teacher=None if method == "ft" else teacher, max_length=args.max_length, cache=cache)
         ours = m["history"][0]["train_seconds"]
         theirs = study_seconds(method, data, Path(vocab), teacher, args.max_length, args.study_steps)
@@ -145,8 +149,8 @@ def main() -> None:
                         "codekd_5_epochs_s": EPOCHS * ours + build, "study_5_epochs_s": EPOCHS * theirs}
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.train} exception functions, "
-          f"{args.max_length} tokens, student roberta-1.5m, teacher 6x384 RoBERTa; study epochs from "
-          f"{args.study_steps} timed steps")
+          f"{args.max_length} tokens, student roberta-1.5m (codekd's: {args.student}), teacher 6x384 RoBERTa; "
+          f"study epochs from {args.study_steps} timed steps")
     print("\n| method | batch | study epoch s | codekd epoch s | codekd cache build s | study 5 epochs s "
           "| codekd 5 epochs s | ratio (5 epochs) |\n|---|---|---|---|---|---|---|---|")
     for method, r in rows.items():

@@ -184,7 +184,8 @@ def distill(ctx: typer.Context, task: str = typer.Option(None, help=TASK), data:
             student: str = typer.Option(None, help="preset name (codekd presets), a pre-trained HF encoder "
                                         "directory, or a custom shape in YAML, e.g. "
                                         "'{kind: roberta, hidden_size: 64, num_layers: 2, num_heads: 2, "
-                                        "intermediate_size: 256}'"),
+                                        "intermediate_size: 256}', or a preset with other dropout, "
+                                        "'{preset: roberta-1.5m, attention_dropout: 0}'"),
             vocab: Path = typer.Option(None, help="student vocabulary directory (codekd vocab); not with a "
                                        "--student directory"),
             method: str = typer.Option(None, help="method name (codekd methods)"), out: Path = typer.Option(None),

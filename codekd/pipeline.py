@@ -55,7 +55,7 @@ from codekd.io import (
     write_json,
 )
 from codekd.methods import TeacherTargets, get_method
-from codekd.models import PRESETS, StudentSpec, build_student, count_parameters, custom_spec, get_preset
+from codekd.models import PRESETS, StudentSpec, build_student, count_parameters, student_spec
 from codekd.models.adapters import prepare, shape_of
 from codekd.models.teacher import load_classifier, load_pretrained_encoder, max_input_length
 from codekd.rundir import configure, copy_code, environment, write_card
@@ -342,18 +342,6 @@ def train_teacher(task: str | Path | Task, data: str | Path, model: str | Path, 
         return _run(t, splits, net, tok, spec, "ft", {}, cfg, out, config, resume, force=force)
 
 
-def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -> StudentSpec:
-    """A preset name, a `StudentSpec`, or a mapping of custom-shape fields (`{kind: gru, hidden_size: 128,
-    num_layers: 2}`), sized to the student's actual vocabulary."""
-    if isinstance(student, dict):
-        try:
-            return custom_spec(vocab_size=vocab_size, **student)
-        except TypeError as e:
-            raise ValueError(f"--student {student}: {e}") from e
-    spec = student if isinstance(student, StudentSpec) else get_preset(student)
-    return replace(spec, vocab_size=vocab_size)
-
-
 def student_dir(student: str | Path | dict[str, Any] | StudentSpec) -> Path | None:
     """`student` as a pre-trained model directory (or hub id), None for a preset or a custom shape."""
     if isinstance(student, Path):
@@ -405,7 +393,7 @@ def distill(task: str | Path | Task, data: str | Path, student: str | Path | dic
     if cfg.gru_over_pads and kind != "gru":
         raise ValueError(f"--gru-over-pads needs a BiGRU student, not {shown(student)}")
     config = {"command": "distill", **task_record(t), "data": str(data),
-              "student": str(pretrained) if pretrained else asdict(spec_s),
+              "student": str(pretrained) if pretrained else spec_s.record(),
               "vocab": None if vocab is None else str(vocab), "method": method, "teachers": [str(t) for t in teachers],
               "teacher_weights": list(teacher_weights or []),
               "max_length": max_length, "whitespace": whitespace, "hparams": hparams, "align": align,

@@ -181,7 +181,9 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
                 teacher = _teacher_dir(study, tcell)
                 if not teacher.exists():
                     _wait_for(teacher, f"teacher {cell.teacher} on {cell.task}")
-            distill(task, data, cell.student, _vocab(study, cell.task, cell.student), cell.config["method"],
+            student = {"preset": cell.student, **cell.config["student_options"]} \
+                if "student_options" in cell.config else cell.student
+            distill(task, data, student, _vocab(study, cell.task, cell.student), cell.config["method"],
                     run_dir, TrainConfig(**cell.config["train"]), teacher=teacher, max_length=c["max_length"],
                     whitespace=c["whitespace"], hparams=cell.config["hparams"], resume=True,
                     align=cell.config["align"], truncation=c["truncation"], cache=CacheOptions(enabled=c["cache"]),

@@ -19,7 +19,7 @@ from codekd.data import Task, demo_data_dir, get_task
 from codekd.data.tasks import is_task_file, task_record
 from codekd.data.text import load_yaml, shown
 from codekd.methods import get_method
-from codekd.models import get_preset
+from codekd.models import get_preset, student_spec
 from codekd.train_config import TrainConfig, check_config, train_options
 
 TOP = ("name", "out", "data", "limit", "max_length", "truncation", "whitespace", "seeds", "teachers", "students",
@@ -108,6 +108,7 @@ class Study:
                                       "teacher": None if teacher is None else
                                       {"name": teacher, "key": self.teacher_cell(task, teacher).key},
                                       **({"variant": name} if name != method else {}),
+                                      **({"student_options": opts["student"]} if opts.get("student") else {}),
                                       **({"transfer": opts["transfer"]} if opts.get("transfer") else {})}
                             cells.append(Cell(task, teacher, student, name, seed, config))
         return cells
@@ -182,8 +183,16 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
             cls = get_method(opts.get("method", m))
         except ValueError as e:
             _fail(path, f"methods.{m}" if "method" in opts else "methods", str(e))
-        if set(opts) - {"hparams", "train", "align", "method", "transfer"}:
-            _fail(path, f"methods.{m}", "expected only method, hparams, train, align and transfer")
+        if set(opts) - {"hparams", "train", "align", "method", "transfer", "student"}:
+            _fail(path, f"methods.{m}", "expected only method, hparams, train, align, transfer and student")
+        if "student" in opts:  # the students' dropout in this entry's cells: {attention_dropout: 0}
+            if not isinstance(opts["student"], dict):
+                _fail(path, f"methods.{m}.student", "expected a mapping of dropout and attention_dropout")
+            for student in raw["students"]:
+                try:
+                    student_spec({"preset": student, **opts["student"]}, 100)
+                except ValueError as e:
+                    _fail(path, f"methods.{m}.student", f"{student}: {e}")
         if not isinstance(opts.get("hparams", {}), dict):
             _fail(path, f"methods.{m}.hparams", "expected a mapping of the method's options")
         try:

@@ -19,6 +19,7 @@ from codekd.models import (
     custom_spec,
     get_preset,
     preset_table,
+    student_spec,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +67,35 @@ def test_vocab_override_and_bad_specs() -> None:
         custom_spec("gru", 100, 32, 2, num_heads=4)
     with pytest.raises(ValueError, match="kind"):
         custom_spec("lstm", 100, 32, 2)
+
+
+def test_attention_dropout_apart_from_dropout() -> None:
+    spec = student_spec({"preset": "roberta-1.5m", "attention_dropout": 0}, 1900)
+    assert (spec.name, spec.vocab_size, spec.hidden_size, spec.dropout, spec.attention_dropout) == \
+        ("roberta-1.5m", 1900, 152, 0.1, 0.0)
+    config = build_student(spec, 2).config
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.1, 0.0)
+    assert spec.record()["attention_dropout"] == 0.0
+    unset = build_student(custom_spec("roberta", 60, 32, 2, 4, 64, dropout=0.2), 2).config
+    assert (unset.hidden_dropout_prob, unset.attention_probs_dropout_prob) == (0.2, 0.2)
+    # unset, it is left out of a run's records, which then equal those of a codekd without the field
+    assert set(get_preset("roberta-1.5m").record()) == {"name", "kind", "vocab_size", "hidden_size", "num_layers",
+                                                        "num_heads", "intermediate_size", "dropout"}
+
+
+@pytest.mark.parametrize("student, message", [
+    ({"preset": "roberta-1.5m", "hidden_size": 64}, "takes only dropout and attention_dropout, not hidden_size"),
+    ({"preset": "roberta-5m"}, "unknown student preset"),
+    ({"preset": "gru-1.5m", "attention_dropout": 0.0}, "gru students have no attention"),
+    ({"preset": "roberta-1.5m", "attention_dropout": 1.0}, r"attention_dropout must be in \[0, 1\), got 1.0"),
+    ({"preset": "roberta-1.5m", "dropout": True}, r"dropout must be in \[0, 1\), got True"),
+    ({"kind": "roberta", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+      "attention_dropout": "x"}, r"attention_dropout must be in \[0, 1\), got 'x'"),
+])
+def test_bad_student_mappings(student: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as e:
+        student_spec(student, 100)
+    assert str(e.value).startswith("--student ")
 
 
 @pytest.mark.parametrize(

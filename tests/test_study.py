@@ -138,8 +138,27 @@ def test_changing_a_cell_option_changes_its_key(small_exception, tiny_teacher, t
     assert ka["exception.tiny.roberta-0.6m.kd.s1"] != kb["exception.tiny.roberta-0.6m.kd.s1"]
 
 
+def test_an_entry_changes_its_students_dropout(small_exception, tiny_teacher, tmp_path):
+    config = write_study(tmp_path / "s.yaml", small_exception, tiny_teacher, tmp_path / "out",
+                         methods={"ft": {}, "ft_ad0": {"method": "ft", "student": {"attention_dropout": 0}}},
+                         train={"epochs": 1, "lr": 1e-3, "batch_size": 16})
+    cells = {c.name: c for c in plan(load_study(config))}
+    plain, changed = cells["exception.roberta-0.6m.ft.s1"], cells["exception.roberta-0.6m.ft_ad0.s1"]
+    assert "student_options" not in plain.config and changed.config["student_options"] == {"attention_dropout": 0}
+    assert plain.key != changed.key
+    run_study(config, only=["method=ft_ad0"])
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    assert yaml.safe_load((run / "run.yaml").read_text())["config"]["student"]["attention_dropout"] == 0.0
+    model = json.loads((run / "config.json").read_text())
+    assert (model["attention_probs_dropout_prob"], model["hidden_dropout_prob"]) == (0.0, 0.1)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"students": ["roberta-9m"]}, "students"),
+    ({"methods": {"ft": {"student": {"hidden_size": 8}}}}, "methods.ft.student: roberta-0.6m: .*not hidden_size"),
+    ({"students": ["gru-1.5m"], "methods": {"ft": {"student": {"attention_dropout": 0}}}},
+     "methods.ft.student: gru-1.5m: .*no attention"),
+    ({"methods": {"ft": {"student": 0}}}, "methods.ft.student: expected a mapping"),
     ({"train": {"epochs": 1, "learning_rate": 1e-3}}, "train: unknown training option"),
     ({"train": {"lr": "fast"}}, "train.lr"),
     ({"methods": {"nope": {}}}, "methods"),

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         get_preset,
         parameter_count,
         preset_table,
+        student_spec,
     )
 
 _HOME = {
@@ -38,6 +39,7 @@ _HOME = {
     "get_preset": "presets",
     "parameter_count": "presets",
     "preset_table": "presets",
+    "student_spec": "presets",
 }
 __all__ = [
     "PRESETS",
@@ -51,6 +53,7 @@ __all__ = [
     "get_preset",
     "parameter_count",
     "preset_table",
+    "student_spec",
 ]
 
 

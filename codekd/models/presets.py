@@ -24,8 +24,8 @@ Parameters for 2 labels, 514 positions, 1 token type (``preset_table()`` recompu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from codekd.data.text import shown
 
@@ -51,6 +51,7 @@ class StudentSpec:
     num_heads: int = 0  # roberta only
     intermediate_size: int = 0  # roberta only
     dropout: float = 0.1  # hidden and attention dropout (RoBERTa's and the study's 0.1); 0 makes training deterministic
+    attention_dropout: float | None = None  # roberta only: on the attention probabilities; None is `dropout`
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,10 +71,25 @@ class StudentSpec:
                 f"roberta students need num_heads and intermediate_size >= 1, "
                 f"got {self.num_heads}, {self.intermediate_size}"
             )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for field in ("dropout", "attention_dropout"):
+            value = getattr(self, field)
+            if value is None and field == "attention_dropout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{field} must be in [0, 1), got {shown(value)}")
+            object.__setattr__(self, field, float(value))  # YAML's 0 and 0.0 record alike
+        if self.kind == "gru" and self.attention_dropout is not None:
+            raise ValueError("gru students have no attention: leave attention_dropout unset")
         if self.kind == "roberta" and self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
+
+    def record(self) -> dict[str, Any]:
+        """The spec's fields for a run's records, without an unset ``attention_dropout``: a run started before
+        the field existed records the same student, so it still resumes."""
+        fields = asdict(self)
+        if self.attention_dropout is None:
+            del fields["attention_dropout"]
+        return fields
 
 
 PRESETS: dict[str, StudentSpec] = {
@@ -106,10 +122,34 @@ def custom_spec(
     num_heads: int = 0,
     intermediate_size: int = 0,
     dropout: float = 0.1,
+    attention_dropout: float | None = None,
 ) -> StudentSpec:
     """A validated spec named "custom", for shapes outside the study (e.g. tiny test models)."""
     return StudentSpec("custom", kind, vocab_size, hidden_size, num_layers, num_heads, intermediate_size,
-                       float(dropout))
+                       dropout, attention_dropout)
+
+
+PRESET_OVERRIDES = ("dropout", "attention_dropout")  # what a `{preset: NAME, ...}` student may change
+
+
+def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -> StudentSpec:
+    """A preset name, a `StudentSpec`, a mapping of custom-shape fields (`{kind: gru, hidden_size: 128,
+    num_layers: 2}`), or a preset with its dropout changed (`{preset: roberta-1.5m, attention_dropout: 0}`),
+    sized to the student's actual vocabulary."""
+    if isinstance(student, dict):
+        fields = dict(student)
+        try:
+            if "preset" not in fields:
+                return custom_spec(vocab_size=vocab_size, **fields)
+            preset = get_preset(fields.pop("preset"))
+            if set(fields) - set(PRESET_OVERRIDES):
+                raise TypeError(f"a preset takes only {' and '.join(PRESET_OVERRIDES)}, not "
+                                f"{', '.join(sorted(set(fields) - set(PRESET_OVERRIDES)))}")
+            return replace(preset, vocab_size=vocab_size, **fields)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--student {student}: {e}") from e
+    spec = student if isinstance(student, StudentSpec) else get_preset(student)
+    return replace(spec, vocab_size=vocab_size)
 
 
 def build_student(
@@ -144,7 +184,8 @@ def build_student(
         return BiGRUForSequenceClassification(BiGRUConfig(**common))
     config = RobertaConfig(
         num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-        attention_probs_dropout_prob=spec.dropout, **common
+        attention_probs_dropout_prob=spec.dropout if spec.attention_dropout is None else spec.attention_dropout,
+        **common
     )
     return RobertaForSequenceClassification(config)
 
