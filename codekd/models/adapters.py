@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from codekd.data.text import shown
+from codekd.models import attention
 
 NEEDS = ("logits", "hidden_states", "first_token", "attentions", "values")
 
@@ -175,9 +176,15 @@ def run_frozen(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[st
 
 
 def prepare(model: nn.Module, needs: Collection[str]) -> nn.Module:
-    """Switch a transformer to eager attention when attention maps are needed (sdpa returns none)."""
-    if "attentions" in needs and not is_gru(model):
-        unwrap(model).set_attn_implementation("eager")
+    """Switch a transformer to eager attention when attention maps are needed (sdpa returns none), and from
+    sdpa to `codekd.models.attention`'s, which trains with attention dropout on a CPU at near-fused cost."""
+    if is_gru(model):
+        return model
+    base = unwrap(model)
+    if "attentions" in needs:
+        base.set_attn_implementation("eager")
+    elif base.config._attn_implementation == "sdpa" and getattr(base, "_supports_attention_backend", False):
+        base.set_attn_implementation(attention.register())
     return model
 
 
