@@ -253,7 +253,7 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     check_config(cfg, task, len(teachers))
     state = process_state()
     weights = normalized_weights(teacher_weights, len(teachers))
-    prepare(model, method.student_needs)
+    prepare(model, method.student_needs, method.student_attention_layers())
     for t in teachers:
         prepare(t.model, method.teacher_needs)
     work = _work_dir(out, config, resume)

@@ -1,13 +1,17 @@
 """codekd's CPU attention with dropout (`codekd.models.attention`) against the direct form and against sdpa."""
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from codekd.models import build_student, get_preset
-from codekd.models.adapters import prepare
+from codekd.models.adapters import prepare, run
 from codekd.models.attention import NAME, DropoutAttention, attention, keep_mask
 
 
@@ -104,3 +108,39 @@ def test_a_prepared_student_runs_it_in_training(monkeypatch: pytest.MonkeyPatch)
 def test_prepare_picks_eager_for_attention_maps(needs: tuple[str, ...]) -> None:
     model = prepare(build_student(replace(get_preset("roberta-0.6m"), vocab_size=300), 3), needs)
     assert model.config._attn_implementation == ("eager" if needs else NAME)
+
+
+def test_student_step_bench_runs() -> None:
+    """bench/student_step.py at tiny sizes, so it cannot rot: one row per length, a ratio in each."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "bench/student_step.py", "--student", "roberta-0.6m", "--lengths", "12,24",
+                           "--batch-size", "4", "--rounds", "2"], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 12 |", "| 24 |"))]
+    assert len(rows) == 2 and all(row.endswith("× |") for row in rows)
+
+
+def test_maps_from_the_read_layers_only() -> None:
+    """MiniLM reads the student's last layer: only it returns maps, equal to eager attention's."""
+    spec = replace(get_preset("roberta-0.6m"), vocab_size=300)
+    torch.manual_seed(0)
+    ours = prepare(build_student(spec, 3), ("logits", "attentions"), [-1])
+    eager = prepare(build_student(spec, 3), ("logits", "attentions"))
+    eager.load_state_dict(ours.state_dict())
+    assert ours.config._attn_implementation == NAME and eager.config._attn_implementation == "eager"
+    ids = torch.randint(5, 300, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    ours.eval(), eager.eval()
+    a = run(ours, {"input_ids": ids, "attention_mask": mask}, ("logits", "attentions"))
+    b = run(eager, {"input_ids": ids, "attention_mask": mask}, ("logits", "attentions"))
+    assert len(a.attentions) == 1 and len(b.attentions) == spec.num_layers
+    assert torch.allclose(a.attentions[0], b.attentions[-1], atol=1e-6)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    ours.train()
+    torch.manual_seed(1)
+    first = run(ours, {"input_ids": ids, "attention_mask": mask}, ("logits", "attentions")).attentions[0]
+    torch.manual_seed(1)
+    again = run(ours, {"input_ids": ids, "attention_mask": mask}, ("logits", "attentions")).attentions[0]
+    assert torch.equal(first, again) and first.requires_grad

@@ -104,6 +104,12 @@ class Method(nn.Module):
         outputs hold None for the others. Empty (default): every layer."""
         return {}
 
+    def student_attention_layers(self) -> list[int] | None:
+        """The layers whose attention maps the method reads from the student (negative ones count from the end),
+        or None (default) for every layer. The other layers then run attention that returns no maps, which is
+        faster; the student's `attentions` hold the read layers' maps only, in order."""
+        return None
+
 
 def _coerce(method: str, key: str, default: Any, value: Any) -> Any:
     """Option values arrive as YAML scalars or strings ("0.5", "true"); give them the default's type."""

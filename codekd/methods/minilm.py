@@ -77,6 +77,10 @@ class MiniLM(Method):
         """One teacher layer's attention maps are compared: a cache keeps that layer's only."""
         return {"attentions": [self.teacher_idx]}
 
+    def student_attention_layers(self) -> list[int]:
+        """The student's last layer is compared: its other layers need no maps."""
+        return [-1]
+
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor) -> dict[str, Tensor]:
         n, mask = common_positions(student, teacher)
         attention = losses.attention_relation(

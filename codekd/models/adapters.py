@@ -14,7 +14,7 @@ position ids counted over real tokens, so a left- or right-padded row gives its 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -175,17 +175,32 @@ def run_frozen(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[st
     return run(model, inputs, needs)
 
 
-def prepare(model: nn.Module, needs: Collection[str]) -> nn.Module:
-    """Switch a transformer to eager attention when attention maps are needed (sdpa returns none), and from
-    sdpa to `codekd.models.attention`'s, which trains with attention dropout on a CPU at near-fused cost."""
+def prepare(model: nn.Module, needs: Collection[str], attention_layers: Sequence[int] | None = None) -> nn.Module:
+    """Give a transformer the attention it needs. By default codekd's (`codekd.models.attention`) in place of
+    sdpa: it trains with attention dropout on a CPU at near-fused cost. With attention maps needed, eager
+    attention (sdpa returns none), unless `attention_layers` names the only layers read and the model has a
+    BERT/RoBERTa layout: then codekd's attention returns maps in those layers only."""
     if is_gru(model):
         return model
     base = unwrap(model)
-    if "attentions" in needs:
+    fast = base.config._attn_implementation in ("sdpa", attention.NAME) \
+        and getattr(base, "_supports_attention_backend", False)
+    modules = _self_attentions(base)
+    if "attentions" in needs and not (fast and attention_layers is not None and modules):
         base.set_attn_implementation("eager")
-    elif base.config._attn_implementation == "sdpa" and getattr(base, "_supports_attention_backend", False):
+    elif fast:
         base.set_attn_implementation(attention.register())
+        if "attentions" in needs:
+            for i in attention_layers:
+                setattr(modules[i], attention.MAPS, True)
     return model
+
+
+def _self_attentions(base: nn.Module) -> list[nn.Module] | None:
+    """A BERT/RoBERTa-style encoder's self-attention modules (encoder.layer[i].attention.self), or None."""
+    layers = getattr(getattr(base.base_model, "encoder", None), "layer", None)
+    modules = [getattr(getattr(layer, "attention", None), "self", None) for layer in layers or ()]
+    return modules if modules and all(isinstance(m, nn.Module) for m in modules) else None
 
 
 def align_to(outputs: Outputs, index: Tensor, valid: Tensor) -> Outputs:

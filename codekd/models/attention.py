@@ -26,6 +26,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "codekd_sdpa"
+MAPS = "codekd_attention_maps"  # set True on a self-attention module whose maps are read
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -78,8 +79,12 @@ class DropoutAttention(torch.autograd.Function):
 
 
 def attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-              dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
-    """transformers' attention-function interface: `DropoutAttention` where it pays, sdpa everywhere else."""
+              dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """transformers' attention-function interface: `DropoutAttention` where it pays, sdpa everywhere else; the
+    direct form, returning the (post-dropout, as eager's) maps, in a module that `MAPS` marks."""
+    if getattr(module, MAPS, False):
+        return _with_maps(query, key, value, attention_mask, dropout,
+                          query.size(-1) ** -0.5 if scaling is None else scaling)
     plain = (dropout == 0 or query.device.type != "cpu" or query.dtype not in _DTYPES
              or key.dtype != query.dtype or value.dtype != query.dtype or key.size(1) != query.size(1)
              or getattr(module, "is_causal", True) or kwargs.get("sliding_window") or kwargs.get("softcap")
@@ -92,6 +97,17 @@ def attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor
     mask = None if attention_mask is None else attention_mask.expand(-1, -1, query.size(2), key.size(2))
     out = DropoutAttention.apply(query, key, value, mask, keep, scale, dropout)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _with_maps(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, scale: float) -> tuple[Tensor, Tensor]:
+    """Attention and its maps, as transformers' eager attention computes them, with `keep_mask`'s dropout."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, -1)
+    if p > 0:
+        probs = probs * keep_mask(probs.shape, p) / (1 - p)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous(), probs
 
 
 def register() -> str:
