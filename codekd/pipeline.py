@@ -253,9 +253,10 @@ def _run(task: Task, splits: dict[str, Any], model: PreTrainedModel, tokenizer: 
     check_config(cfg, task, len(teachers))
     state = process_state()
     weights = normalized_weights(teacher_weights, len(teachers))
-    prepare(model, method.student_needs, method.student_attention_layers())
+    own = not cfg.study_compat  # the study's loop draws torch's dropout stream, which --study-compat repeats
+    prepare(model, method.student_needs, method.student_attention_layers(), own_attention=own)
     for t in teachers:
-        prepare(t.model, method.teacher_needs)
+        prepare(t.model, method.teacher_needs, own_attention=own)
     work = _work_dir(out, config, resume)
 
     def data(split: str) -> EncodedData:

@@ -175,15 +175,17 @@ def run_frozen(model: nn.Module, inputs: dict[str, Tensor], needs: Collection[st
     return run(model, inputs, needs)
 
 
-def prepare(model: nn.Module, needs: Collection[str], attention_layers: Sequence[int] | None = None) -> nn.Module:
+def prepare(model: nn.Module, needs: Collection[str], attention_layers: Sequence[int] | None = None,
+            own_attention: bool = True) -> nn.Module:
     """Give a transformer the attention it needs. By default codekd's (`codekd.models.attention`) in place of
     sdpa: it trains with attention dropout on a CPU at near-fused cost. With attention maps needed, eager
     attention (sdpa returns none), unless `attention_layers` names the only layers read and the model has a
-    BERT/RoBERTa layout: then codekd's attention returns maps in those layers only."""
+    BERT/RoBERTa layout: then codekd's attention returns maps in those layers only. `own_attention=False`
+    keeps transformers' attention, whose dropout draws torch's random stream (the study's, for --study-compat)."""
     if is_gru(model):
         return model
     base = unwrap(model)
-    fast = base.config._attn_implementation in ("sdpa", attention.NAME) \
+    fast = own_attention and base.config._attn_implementation in ("sdpa", attention.NAME) \
         and getattr(base, "_supports_attention_backend", False)
     modules = _self_attentions(base)
     if "attentions" in needs and not (fast and attention_layers is not None and modules):
