@@ -160,8 +160,8 @@ def _value_projection(model: nn.Module) -> nn.Module:
     base = unwrap(model)
     if is_gru(base):
         raise ValueError("a BiGRU student has no attention, so no value vectors")
-    layers = getattr(getattr(base.base_model, "encoder", None), "layer", None)
-    value = getattr(getattr(getattr(layers[-1], "attention", None), "self", None), "value", None) if layers else None
+    modules = _self_attentions(base)
+    value = getattr(modules[-1], "value", None) if modules else None
     if not isinstance(value, nn.Linear):
         raise ValueError(f"value vectors: a {shown(base.config.model_type)} model has no BERT/RoBERTa-style value "
                          "projection (encoder.layer[-1].attention.self.value); MiniLM's value_relation needs one")
@@ -188,7 +188,8 @@ def prepare(model: nn.Module, needs: Collection[str], attention_layers: Sequence
     fast = own_attention and base.config._attn_implementation in ("sdpa", attention.NAME) \
         and getattr(base, "_supports_attention_backend", False)
     modules = _self_attentions(base)
-    if "attentions" in needs and not (fast and attention_layers is not None and modules):
+    bert_layout = bool(modules) and all(isinstance(m, nn.Module) for m in modules)
+    if "attentions" in needs and not (fast and attention_layers is not None and bert_layout):
         base.set_attn_implementation("eager")
     elif fast:
         base.set_attn_implementation(attention.register())
@@ -198,11 +199,11 @@ def prepare(model: nn.Module, needs: Collection[str], attention_layers: Sequence
     return model
 
 
-def _self_attentions(base: nn.Module) -> list[nn.Module] | None:
-    """A BERT/RoBERTa-style encoder's self-attention modules (encoder.layer[i].attention.self), or None."""
+def _self_attentions(base: nn.Module) -> list[nn.Module | None]:
+    """Each encoder layer's BERT/RoBERTa-style self-attention module (encoder.layer[i].attention.self), None
+    where a layer has none; empty for a model without such an encoder."""
     layers = getattr(getattr(base.base_model, "encoder", None), "layer", None)
-    modules = [getattr(getattr(layer, "attention", None), "self", None) for layer in layers or ()]
-    return modules if modules and all(isinstance(m, nn.Module) for m in modules) else None
+    return [getattr(getattr(layer, "attention", None), "self", None) for layer in layers or ()]
 
 
 def align_to(outputs: Outputs, index: Tensor, valid: Tensor) -> Outputs:

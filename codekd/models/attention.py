@@ -82,9 +82,9 @@ def attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor
               dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
     """transformers' attention-function interface: `DropoutAttention` where it pays, sdpa everywhere else; the
     direct form, returning the (post-dropout, as eager's) maps, in a module that `MAPS` marks."""
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
     if getattr(module, MAPS, False):
-        return _with_maps(query, key, value, attention_mask, dropout,
-                          query.size(-1) ** -0.5 if scaling is None else scaling)
+        return _with_maps(query, key, value, attention_mask, dropout, scale)
     plain = (dropout == 0 or query.device.type != "cpu" or query.dtype not in _DTYPES
              or key.dtype != query.dtype or value.dtype != query.dtype or key.size(1) != query.size(1)
              or getattr(module, "is_causal", True) or kwargs.get("sliding_window") or kwargs.get("softcap")
@@ -92,7 +92,6 @@ def attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    scale = query.size(-1) ** -0.5 if scaling is None else scaling
     keep = keep_mask((query.size(0), query.size(1), query.size(2), key.size(2)), dropout)
     mask = None if attention_mask is None else attention_mask.expand(-1, -1, query.size(2), key.size(2))
     out = DropoutAttention.apply(query, key, value, mask, keep, scale, dropout)

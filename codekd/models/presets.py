@@ -142,9 +142,10 @@ def student_spec(student: str | dict[str, Any] | StudentSpec, vocab_size: int) -
             if "preset" not in fields:
                 return custom_spec(vocab_size=vocab_size, **fields)
             preset = get_preset(fields.pop("preset"))
-            if set(fields) - set(PRESET_OVERRIDES):
+            others = set(fields) - set(PRESET_OVERRIDES)
+            if others:
                 raise TypeError(f"a preset takes only {' and '.join(PRESET_OVERRIDES)}, not "
-                                f"{', '.join(sorted(set(fields) - set(PRESET_OVERRIDES)))}")
+                                f"{', '.join(sorted(others))}")
             return replace(preset, vocab_size=vocab_size, **fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"--student {student}: {e}") from e
